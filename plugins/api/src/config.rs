@@ -1,0 +1,177 @@
+//! A device's slice of the configuration, and the errors that point into it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// One `[[device]]` table, as the daemon hands it to a plugin.
+///
+/// The daemon has already taken out and checked the keys common to every device
+/// (`name`, `plugin`, `poll_interval`); `table` holds the rest: the plugin's own keys and
+/// its `point` tables. A plugin parses it with [`DeviceSpec::parse`] into a struct with
+/// `#[serde(deny_unknown_fields)]`, so a misspelt key is an error, not silently ignored.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// `[a-z0-9_-]+`, unique: the topic segment.
+    pub name: Arc<str>,
+    /// The plugin name the device asked for (`"sim"`).
+    pub plugin: String,
+    /// How often the device is polled (a streaming plugin may ignore it).
+    pub poll_interval: Duration,
+    /// Where this device may keep state across restarts (created by the daemon).
+    pub state_dir: PathBuf,
+    /// The remaining keys of the table.
+    pub table: toml::Table,
+}
+
+impl DeviceSpec {
+    /// Deserialize the plugin's keys. Every error carries the key path inside the device
+    /// table (`point[1].signal`); the daemon puts `device[N].` and the file in front.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        parse_value(toml::Value::Table(self.table.clone()))
+    }
+}
+
+/// Deserialize any TOML value; an error carries the key path inside it (`point[1].type`,
+/// empty for the value itself) and a one-line message.
+pub fn parse_value<T: DeserializeOwned>(value: toml::Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(path, e.into_inner().message().trim().to_string())
+    })
+}
+
+/// A configuration problem at a key path. `path` is relative to whatever the producer
+/// was given (a device table for a plugin); the daemon makes it absolute and adds the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, seen from one level up (`point[0].type` under `device[2]`).
+    pub fn under(mut self, parent: &str) -> ConfigError {
+        self.path = join_path(parent, &self.path);
+        self
+    }
+}
+
+/// `a` + `b` as a key path: `device[2]` + `point[0]` = `device[2].point[0]`.
+pub fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ if b.starts_with('[') => format!("{a}{b}"),
+        _ => format!("{a}.{b}"),
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Check a point or device name: `[a-z0-9_-]+`, so that it is one safe topic segment.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+    {
+        Some(c) => Err(format!(
+            "{name:?} has {c:?}: use only a-z, 0-9, '_' and '-' (it is a topic segment)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Parse a human duration such as `"500ms"`, `"5s"`, `"7d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"7d\""))
+}
+
+/// serde `deserialize_with` for a required human duration.
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// serde `deserialize_with` for an optional human duration (use with `#[serde(default)]`).
+pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct P {
+        point: Vec<Pt>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Pt {
+        name: String,
+        #[serde(default, deserialize_with = "de_opt_duration")]
+        every: Option<Duration>,
+    }
+
+    fn spec(src: &str) -> DeviceSpec {
+        DeviceSpec {
+            name: "d".into(),
+            plugin: "x".into(),
+            poll_interval: Duration::from_secs(1),
+            state_dir: PathBuf::from("/nonexistent"),
+            table: toml::from_str(src).unwrap(),
+        }
+    }
+
+    #[test]
+    fn parse_errors_carry_the_key_path() {
+        let e = spec("[[point]]\nname = \"a\"\n[[point]]\nname = \"b\"\nevery = \"soon\"\n")
+            .parse::<P>()
+            .unwrap_err();
+        assert_eq!(e.path, "point[1].every");
+        assert!(e.message.contains("not a duration"), "{e}");
+        let e = spec("[[point]]\nname = \"a\"\ncolour = 1\n")
+            .parse::<P>()
+            .unwrap_err();
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        assert_eq!(e.under("device[3]").path, "device[3].point[0].colour");
+    }
+
+    #[test]
+    fn names_are_topic_segments() {
+        assert!(check_name("boiler_2-a").is_ok());
+        assert!(check_name("Boiler").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("").is_err());
+    }
+}
