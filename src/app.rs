@@ -1,0 +1,260 @@
+//! Wiring: start everything in order, run until SIGTERM/SIGINT, then stop in order.
+//!
+//! Start: state dir, broker, gateway status `online`, command router, one supervised task
+//! per device. Stop: cancel the one token; adapters finish their current step; the
+//! publisher drains what they handed over; every device and the gateway go `offline`;
+//! wait until the broker has routed that, then return (rumqttd cannot be stopped: its
+//! threads end with the process).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sensorgate_api::{AdapterContext, AdapterError, Backoff, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, BrokerError, BrokerHandle, Message};
+use crate::config::{Config, Device};
+use crate::publish::{self, availability, Topics};
+
+/// How long adapters get to finish after the stop signal.
+const ADAPTER_STOP_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the last `offline` messages get to reach subscribers.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// Readings and availability events waiting for the publisher.
+const EVENT_QUEUE: usize = 1024;
+/// `/set` commands waiting for one device.
+const COMMAND_QUEUE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot create state_dir {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Run the daemon until a stop signal.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AppError::Signals)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: stopping"),
+            r = tokio::signal::ctrl_c() => match r {
+                Ok(()) => log::info!("SIGINT: stopping"),
+                Err(e) => log::warn!("cannot listen for SIGINT: {e}"),
+            },
+        }
+        stop.cancel();
+    });
+    run_until(config, cancel).await
+}
+
+/// Run the daemon until `cancel` fires.
+pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), AppError> {
+    let state_dir = config.gateway.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| AppError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    if config.upstream.is_some() {
+        log::warn!(
+            "[upstream] is set, but this version has no bridge yet: nothing is sent upstream"
+        );
+    }
+    if config.homeassistant.enabled {
+        log::warn!(
+            "[homeassistant] enabled, but this version does not send discovery messages yet"
+        );
+    }
+
+    let broker = broker::start(&config.broker).await?;
+    log::info!(
+        "broker listening on {} (MQTT 3.1.1){}",
+        config.broker.listen,
+        config
+            .broker
+            .listen_v5_addr()
+            .map(|a| format!(" and {a} (MQTT 5)"))
+            .unwrap_or_default()
+    );
+    let topics = Topics::new(&config.gateway.topic_prefix);
+    broker
+        .publish(vec![Message::new(
+            topics.status(),
+            availability(true),
+            true,
+        )])
+        .await?;
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let publisher = tokio::spawn(publish::run(topics.clone(), broker.clone(), events_rx));
+
+    let mut command_senders = HashMap::new();
+    let mut adapters = JoinSet::new();
+    if config.devices.is_empty() {
+        log::warn!("no [[device]] configured: the broker runs, but nothing is polled");
+    }
+    for device in config.devices {
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        command_senders.insert(device.spec.name.to_string(), cmd_tx);
+        let ctx = AdapterContext::new(
+            device.spec.name.clone(),
+            device.spec.poll_interval,
+            device.spec.state_dir.clone(),
+            cancel.child_token(),
+            events_tx.clone(),
+            cmd_rx,
+        );
+        adapters.spawn(supervise(device, ctx));
+    }
+    let device_names: Vec<String> = command_senders.keys().cloned().collect();
+    drop(events_tx);
+
+    let commands = broker.subscribe(&topics.set_filter()).await?;
+    let router = tokio::spawn(route_commands(topics.clone(), commands, command_senders));
+    log::info!(
+        "gateway {} running: {} device(s), readings on {}/<device>/<point>",
+        config.gateway.id,
+        device_names.len(),
+        topics.prefix()
+    );
+
+    cancel.cancelled().await;
+
+    // Ordered stop.
+    router.abort();
+    let drained = tokio::time::timeout(ADAPTER_STOP_DEADLINE, async {
+        while adapters.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!(
+            "{} device(s) did not stop within {} s; stopping anyway",
+            adapters.len(),
+            ADAPTER_STOP_DEADLINE.as_secs()
+        );
+        adapters.abort_all();
+        while adapters.join_next().await.is_some() {}
+    }
+    match publisher.await {
+        Ok(Ok(stats)) => log::info!(
+            "published {} readings ({} bad ones not published)",
+            stats.published,
+            stats.skipped
+        ),
+        Ok(Err(e)) => log::error!("publisher stopped: {e}"),
+        Err(e) => log::error!("publisher failed: {e}"),
+    }
+    go_offline(&broker, &topics, &device_names).await
+}
+
+/// Publish `offline` for every device and the gateway, and wait (bounded) until the
+/// broker has routed the last of them.
+async fn go_offline(
+    broker: &BrokerHandle,
+    topics: &Topics,
+    devices: &[String],
+) -> Result<(), AppError> {
+    let mut echo = broker.subscribe(&topics.status()).await?;
+    let mut last = devices
+        .iter()
+        .map(|d| Message::new(topics.availability(d), availability(false), true))
+        .collect::<Vec<_>>();
+    last.push(Message::new(topics.status(), availability(false), true));
+    broker.publish(last).await?;
+    let seen = tokio::time::timeout(FLUSH_DEADLINE, async {
+        while let Some(m) = echo.recv().await {
+            if m.payload.as_ref() == availability(false).as_bytes() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(seen, Ok(true)) {
+        log::warn!("could not confirm that the final offline status was routed");
+    }
+    // The router has it; give the network writers of other clients a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Run one device: build its adapter, run it, and on failure mark it offline and start
+/// it again with back-off, until the daemon stops. The rest of the gateway never waits
+/// on a device.
+async fn supervise(device: Device, mut ctx: AdapterContext) {
+    let name = device.spec.name.clone();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    if let Err(e) = std::fs::create_dir_all(&device.spec.state_dir) {
+        log::warn!(
+            "device {name}: cannot create its state folder {}: {e}",
+            device.spec.state_dir.display()
+        );
+    }
+    loop {
+        let result = match device.plugin.build(&device.spec) {
+            Ok(mut adapter) => adapter.run(&mut ctx).await,
+            Err(errs) => Err(AdapterError::Fatal(
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        };
+        match result {
+            Ok(()) | Err(AdapterError::Cancelled) => return,
+            Err(e) => {
+                if ctx.cancel.is_cancelled() {
+                    return;
+                }
+                let delay = backoff.next_delay();
+                log::warn!(
+                    "device {name} ({}) failed: {e}; starting it again in {}",
+                    device.spec.plugin,
+                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                );
+                if ctx.set_online(false).await.is_err() || ctx.sleep(delay).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Hand `<prefix>/<device>/<point>/set` messages to their device.
+async fn route_commands(
+    topics: Topics,
+    mut rx: mpsc::Receiver<Message>,
+    devices: HashMap<String, mpsc::Sender<Command>>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let Some((device, point)) = topics.parse_set(&msg.topic) else {
+            continue;
+        };
+        let Some(tx) = devices.get(device) else {
+            log::warn!("write to {} ignored: no device {device:?}", msg.topic);
+            continue;
+        };
+        let text = String::from_utf8_lossy(&msg.payload);
+        let value = serde_json::from_str(text.trim())
+            .unwrap_or_else(|_| serde_json::Value::String(text.trim().to_string()));
+        let cmd = Command {
+            point: point.to_string(),
+            value,
+        };
+        if tx.try_send(cmd).is_err() {
+            log::warn!("write to {} dropped: device {device} is busy", msg.topic);
+        }
+    }
+}

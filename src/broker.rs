@@ -1,0 +1,376 @@
+//! The embedded MQTT broker (rumqttd 0.20) on its own threads, and the small
+//! [`BrokerHandle`] through which the rest of the daemon publishes and subscribes.
+//!
+//! Nothing outside this module names rumqttd, so the broker can be replaced. What this
+//! module works around (all verified on 0.20):
+//! - `Broker::start()` blocks forever and there is no stop: it runs on a thread of its
+//!   own and dies with the process.
+//! - In-process links must be made before `start()`: the two the daemon needs (one to
+//!   publish, one to subscribe) are made here, once.
+//! - `LinkTx` calls are synchronous and block when the router's queue is full: they run
+//!   on a dedicated thread, fed by a bounded channel, never on a tokio worker.
+//! - A link that ignores `Notification::Unschedule` stalls after 200 messages: both link
+//!   receivers answer it with `ready()`.
+//! - `RouterConfig::default()` is all zeros: every field is set below, with small
+//!   segments (memory is a goal on a Pi).
+//! - Binding port 0 works but the real port is never told, and a port in use is only
+//!   logged: each listener is bound once here first, for a clear start-up error, and
+//!   the broker is only called ready once it answers an MQTT CONNECT.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::BrokerConfig;
+use crate::topic;
+
+/// The router keeps this much of each subscribed filter's messages in memory
+/// (`SEGMENT_SIZE × SEGMENT_COUNT`); a QoS 0 subscriber further behind than that misses
+/// messages. rumqttd's sample config (100 MiB × 10) reached 305 MiB RSS under load.
+const SEGMENT_SIZE: usize = 1024 * 1024;
+const SEGMENT_COUNT: usize = 2;
+/// In-process links count against rumqttd's connection limit.
+const INTERNAL_LINKS: usize = 2;
+/// How long a client may take to send CONNECT after its TCP connect.
+const CONNECT_TIMEOUT_MS: u16 = 10_000;
+/// Messages waiting for the publishing thread; a full queue makes publishers wait.
+const COMMAND_QUEUE: usize = 1024;
+/// Messages waiting for one in-process subscriber before they are dropped (counted).
+const SUBSCRIBER_QUEUE: usize = 1024;
+
+/// A message to or from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr} (broker.{key}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the embedded broker refused an internal link: {0}")]
+    Link(String),
+    #[error("the embedded broker did not answer on {addr} within {secs} s")]
+    NotReady { addr: SocketAddr, secs: u64 },
+    #[error("the embedded broker has stopped")]
+    Gone,
+    #[error("cannot start a broker thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+enum Command {
+    Publish(Vec<Message>, Option<oneshot::Sender<()>>),
+    Subscribe(String),
+}
+
+type Subscribers = Arc<Mutex<Vec<(String, mpsc::Sender<Message>)>>>;
+
+/// The daemon's way into the broker: cheap to clone.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    commands: mpsc::Sender<Command>,
+    subscribers: Subscribers,
+    /// Where local clients connect (MQTT 3.1.1).
+    pub addr: SocketAddr,
+}
+
+impl BrokerHandle {
+    /// Publish `messages` in order; returns once the broker's router has them.
+    pub async fn publish(&self, messages: Vec<Message>) -> Result<(), BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Publish(messages, Some(tx)))
+            .await
+            .map_err(|_| BrokerError::Gone)?;
+        rx.await.map_err(|_| BrokerError::Gone)
+    }
+
+    /// Receive every message published on a topic matching `filter` (QoS 0). A
+    /// subscriber that falls more than a queue behind loses messages (logged).
+    pub async fn subscribe(&self, filter: &str) -> Result<mpsc::Receiver<Message>, BrokerError> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        self.subscribers
+            .lock()
+            .map_err(|_| BrokerError::Gone)?
+            .push((filter.to_string(), tx));
+        self.commands
+            .send(Command::Subscribe(filter.to_string()))
+            .await
+            .map_err(|_| BrokerError::Gone)?;
+        Ok(rx)
+    }
+}
+
+/// The address a local client should connect to for a listener address (an unspecified
+/// address such as 0.0.0.0 is reached through loopback).
+pub fn client_addr(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
+        }
+        _ => listen,
+    }
+}
+
+fn settings(name: &str, listen: SocketAddr, cfg: &BrokerConfig) -> ServerSettings {
+    ServerSettings {
+        name: name.to_string(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: CONNECT_TIMEOUT_MS,
+            max_payload_size: usize::try_from(cfg.max_payload_size).unwrap_or(usize::MAX),
+            // rumqttd reads this many packets per batch from one client.
+            max_inflight_count: usize::from(cfg.max_inflight),
+            auth: None,
+            external_auth: None,
+            // Off: a topic nobody subscribes to gets no commit log (retained still kept).
+            dynamic_filters: false,
+        },
+    }
+}
+
+/// Bind once, to turn "address in use" into a start-up error rather than a log line.
+fn probe_bind(addr: SocketAddr, key: &'static str) -> Result<(), BrokerError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| BrokerError::Listen { addr, key, source })
+}
+
+/// Start the broker from `[broker]` and return once it accepts MQTT connections.
+pub async fn start(cfg: &BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+    let listen = cfg.listen_addr().ok_or(BrokerError::Gone)?;
+    probe_bind(listen, "listen")?;
+    let listen_v5 = cfg.listen_v5_addr();
+    if let Some(a) = listen_v5 {
+        probe_bind(a, "listen_v5")?;
+    }
+
+    let router = RouterConfig {
+        max_connections: cfg.max_connections + INTERNAL_LINKS,
+        max_outgoing_packet_count: 200,
+        max_segment_size: SEGMENT_SIZE,
+        max_segment_count: SEGMENT_COUNT,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let mut v4 = HashMap::new();
+    v4.insert("v4".to_string(), settings("mqtt-v4", listen, cfg));
+    let v5 = listen_v5.map(|a| {
+        let mut m = HashMap::new();
+        m.insert("v5".to_string(), settings("mqtt-v5", a, cfg));
+        m
+    });
+    let config = rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some(v4),
+        v5,
+        ..Default::default()
+    };
+
+    let mut broker = rumqttd::Broker::new(config);
+    let (pub_tx, pub_rx) = broker
+        .link("sensorgate-publisher")
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let (sub_tx, sub_rx) = broker
+        .link("sensorgate-subscriber")
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+
+    std::thread::Builder::new()
+        .name("broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                log::error!("the embedded broker stopped: {e}");
+            }
+        })?;
+
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let subscribers: Subscribers = Arc::default();
+    std::thread::Builder::new()
+        .name("broker-pub".into())
+        .spawn(move || publish_thread(command_rx, pub_tx, sub_tx))?;
+    std::thread::Builder::new()
+        .name("broker-drain".into())
+        .spawn(move || receive_thread(pub_rx, None))?;
+    let subs = subscribers.clone();
+    std::thread::Builder::new()
+        .name("broker-sub".into())
+        .spawn(move || receive_thread(sub_rx, Some(subs)))?;
+
+    let addr = client_addr(listen);
+    wait_ready(addr, 4, Duration::from_secs(10)).await?;
+    if let Some(a) = listen_v5 {
+        wait_ready(client_addr(a), 5, Duration::from_secs(10)).await?;
+    }
+    Ok(BrokerHandle {
+        commands,
+        subscribers,
+        addr,
+    })
+}
+
+/// Owns both `LinkTx`es: every call into the router happens on this thread.
+fn publish_thread(mut rx: mpsc::Receiver<Command>, mut pub_tx: LinkTx, mut sub_tx: LinkTx) {
+    // `LinkTx::send` is an `async fn` that never waits on anything but the router's
+    // (blocking) queue, so a current-thread runtime on this thread is all it needs.
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("broker publisher cannot start: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Publish(messages, ack) => {
+                    for m in messages {
+                        let topic = Bytes::from(m.topic.into_bytes());
+                        let publish = Publish::new(topic, m.payload, m.retain);
+                        if let Err(e) = pub_tx.send(Packet::Publish(publish, None)).await {
+                            log::error!("embedded broker refused a message: {e}");
+                            return;
+                        }
+                    }
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+                Command::Subscribe(filter) => {
+                    if let Err(e) = sub_tx.subscribe(filter.clone()) {
+                        log::error!("embedded broker refused subscription {filter:?}: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Reads a link's notifications; hands publishes to in-process subscribers.
+fn receive_thread(mut rx: LinkRx, subscribers: Option<Subscribers>) {
+    let mut dropped: u64 = 0;
+    loop {
+        match rx.recv() {
+            Ok(Some(Notification::Forward(f))) => {
+                let Some(subs) = &subscribers else { continue };
+                let Ok(topic) = std::str::from_utf8(&f.publish.topic) else {
+                    continue;
+                };
+                let Ok(list) = subs.lock() else { return };
+                for (filter, tx) in list.iter() {
+                    if !topic::matches(filter, topic) {
+                        continue;
+                    }
+                    let msg = Message::new(topic, f.publish.payload.clone(), f.publish.retain);
+                    if tx.try_send(msg).is_err() && !tx.is_closed() {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            log::warn!(
+                                "an internal subscriber to {filter:?} is behind: \
+                                 {dropped} messages dropped so far"
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if rx.ready().is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Wait until the broker accepts an MQTT CONNECT of `level` on `addr`.
+async fn wait_ready(addr: SocketAddr, level: u8, limit: Duration) -> Result<(), BrokerError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let ok = tokio::task::spawn_blocking(move || mqtt_ping(addr, level))
+            .await
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BrokerError::NotReady {
+                addr,
+                secs: limit.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One MQTT CONNECT / CONNACK / DISCONNECT exchange (protocol level 4 = 3.1.1 or
+/// 5 = MQTT 5); true when the broker accepted it.
+pub fn mqtt_ping(addr: SocketAddr, level: u8) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let id = format!("sensorgate-probe-{}", std::process::id());
+    // Protocol name, level, clean session, keepalive 10 s.
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 0x0a];
+    if level == 5 {
+        body.push(0x00); // no properties
+    }
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    if s.write_all(&packet).is_err() {
+        return false;
+    }
+    // CONNACK: type, remaining length (< 128 here), flags, return / reason code, …
+    let mut head = [0u8; 2];
+    if s.read_exact(&mut head).is_err() || head[0] != 0x20 || head[1] < 2 {
+        return false;
+    }
+    let mut rest = vec![0u8; usize::from(head[1])];
+    if s.read_exact(&mut rest).is_err() {
+        return false;
+    }
+    let accepted = rest[1] == 0x00;
+    let disconnect: &[u8] = if level == 5 {
+        &[0xe0, 0x01, 0x00]
+    } else {
+        &[0xe0, 0x00]
+    };
+    let _ = s.write_all(disconnect);
+    accepted
+}

@@ -1,0 +1,24 @@
+//! sensorgate: an IoT edge gateway daemon. It hosts an MQTT broker, polls devices
+//! through plugins, and publishes every reading as JSON.
+//!
+//! # Layout
+//! - [`app`]: wiring; start everything, run, the ordered shutdown.
+//! - [`config`]: the TOML configuration, `conf.d/`, environment overrides, validation.
+//! - [`broker`]: the embedded rumqttd broker on its own threads; [`broker::BrokerHandle`].
+//! - [`publish`]: readings to topics and JSON payloads; availability and status.
+//! - [`plugins`]: the one list of device plugins built into this binary.
+//! - [`topic`]: MQTT topic filter matching.
+//! - [`tail`]: `sensorgate tail`, a subscriber that prints.
+//! - [`logging`]: journal or stderr, and rumqttd's tracing events forwarded to `log`.
+//!
+//! The plugin API (readings, the `Adapter` trait) is its own crate, `sensorgate-api`,
+//! under `plugins/api`; each plugin is a crate under `plugins/`.
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod logging;
+pub mod plugins;
+pub mod publish;
+pub mod tail;
+pub mod topic;

@@ -1,0 +1,145 @@
+//! Logging: the `log` facade to the journal when systemd started us (JOURNAL_STREAM
+//! names our stderr), to stderr otherwise; and rumqttd's `tracing` events forwarded into
+//! it without their spans (through tracing's own `log` bridge each span becomes an
+//! ERROR record: thousands of lines for a few thousand publishes).
+
+use std::io::Write;
+use std::str::FromStr;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// The level from `--log-level`, else `RUST_LOG` when it is a plain level, else info.
+pub fn level(cli: Option<&str>) -> LevelFilter {
+    let from_env = std::env::var("RUST_LOG").ok();
+    cli.or(from_env.as_deref())
+        .and_then(|s| LevelFilter::from_str(s.trim()).ok())
+        .unwrap_or(LevelFilter::Info)
+}
+
+/// Install the logger once, at start.
+pub fn init(level: LevelFilter) {
+    let journal = systemd_journal_logger::connected_to_journal()
+        .then(|| systemd_journal_logger::JournalLog::new().ok())
+        .flatten();
+    let installed = match journal {
+        Some(j) => j
+            .with_syslog_identifier("sensorgate".to_string())
+            .install()
+            .is_ok(),
+        None => log::set_boxed_logger(Box::new(Stderr)).is_ok(),
+    };
+    if installed {
+        log::set_max_level(level);
+    }
+    let _ = tracing::subscriber::set_global_default(ForwardEvents);
+}
+
+/// `2026-11-22T02:46:03.123Z INFO  sensorgate::app: message`
+struct Stderr;
+
+impl Log for Stderr {
+    fn enabled(&self, m: &Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{ts} {:<5} {}: {}", r.level(), r.target(), r.args());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// rumqttd's levels are not ours: it logs a client that simply goes away as an ERROR
+/// (`router-drop`) or a WARN (`no-connection id … is already gone`). Here ERROR means
+/// data lost or an operator must act, so its ERRORs become INFO (still visible by
+/// default: a refused connection is one), the rest DEBUG and below.
+fn map_level(l: &tracing::Level) -> Level {
+    match *l {
+        tracing::Level::ERROR => Level::Info,
+        tracing::Level::WARN | tracing::Level::INFO => Level::Debug,
+        _ => Level::Trace,
+    }
+}
+
+/// rumqttd ERRORs that every ordinary client disconnect produces.
+const NOISE: &[&str] = &["no-connection id", "router-drop", "Disconnected"];
+
+/// A tracing subscriber that forwards events (not spans) to `log`.
+struct ForwardEvents;
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl tracing::Subscriber for ForwardEvents {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        m.is_event() && map_level(m.level()) <= log::max_level()
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(match log::max_level() {
+            LevelFilter::Off => tracing::level_filters::LevelFilter::OFF,
+            LevelFilter::Error => tracing::level_filters::LevelFilter::OFF,
+            LevelFilter::Warn => tracing::level_filters::LevelFilter::OFF,
+            LevelFilter::Info => tracing::level_filters::LevelFilter::ERROR,
+            LevelFilter::Debug => tracing::level_filters::LevelFilter::INFO,
+            LevelFilter::Trace => tracing::level_filters::LevelFilter::TRACE,
+        })
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let m = event.metadata();
+        let level = map_level(m.level());
+        if level > log::max_level() {
+            return;
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let level = if NOISE.iter().any(|n| fields.0.starts_with(n)) {
+            Level::Debug
+        } else {
+            level
+        };
+        if level > log::max_level() {
+            return;
+        }
+        log::logger().log(
+            &Record::builder()
+                .level(level)
+                .target(m.target())
+                .module_path(m.module_path())
+                .file(m.file())
+                .line(m.line())
+                .args(format_args!("{}", fields.0))
+                .build(),
+        );
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}

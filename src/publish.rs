@@ -1,0 +1,217 @@
+//! Readings to MQTT: `<prefix>/<device>/<point>` with the contract's JSON payload,
+//! retained; availability and gateway status topics.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use sensorgate_api::{format_ts, DeviceEvent, Quality, Reading, Value};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::broker::{BrokerError, BrokerHandle, Message};
+
+/// `online` / `offline`, the payloads of availability and status topics.
+pub fn availability(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+/// The topics of one gateway, from its `topic_prefix`.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: Arc<str>,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Topics {
+        Topics {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>/<device>/<point>`
+    pub fn point(&self, device: &str, point: &str) -> String {
+        format!("{}/{device}/{point}", self.prefix)
+    }
+
+    /// `<prefix>/<device>/availability`
+    pub fn availability(&self, device: &str) -> String {
+        format!("{}/{device}/availability", self.prefix)
+    }
+
+    /// `<prefix>/status`: the gateway's own online/offline.
+    pub fn status(&self) -> String {
+        format!("{}/status", self.prefix)
+    }
+
+    /// `<prefix>/+/+/set`: the filter of write commands.
+    pub fn set_filter(&self) -> String {
+        format!("{}/+/+/set", self.prefix)
+    }
+
+    /// `(device, point)` of a `<prefix>/<device>/<point>/set` topic.
+    pub fn parse_set<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic.strip_prefix(&*self.prefix)?.strip_prefix('/')?;
+        let rest = rest.strip_suffix("/set")?;
+        let (device, point) = rest.split_once('/')?;
+        (!point.contains('/')).then_some((device, point))
+    }
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    value: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    ts: String,
+}
+
+/// The JSON payload of a reading: `{"value": 21.5, "unit": "°C", "ts": "…Z"}`.
+pub fn payload(r: &Reading) -> Vec<u8> {
+    let p = Payload {
+        value: &r.value,
+        unit: r.unit.as_deref(),
+        ts: format_ts(r.ts),
+    };
+    // Serializing plain data to a Vec cannot fail; an empty payload would be visible.
+    serde_json::to_vec(&p).unwrap_or_default()
+}
+
+/// Counts of what the publisher did, for logs and status.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub published: u64,
+    /// Bad-quality or non-finite readings that were not published as values.
+    pub skipped: u64,
+    /// Devices that said they were online at some point.
+    pub devices_seen: BTreeSet<Arc<str>>,
+}
+
+/// Turn readings into messages; bad ones are skipped (and counted).
+fn messages(topics: &Topics, readings: &[Reading], stats: &mut Stats) -> Vec<Message> {
+    let mut out = Vec::with_capacity(readings.len());
+    for r in readings {
+        if let Quality::Bad(why) = &r.quality {
+            stats.skipped += 1;
+            log::debug!(
+                "device {} point {}: bad reading not published: {why}",
+                r.device,
+                r.point
+            );
+            continue;
+        }
+        if !r.value.is_publishable() {
+            stats.skipped += 1;
+            log::debug!(
+                "device {} point {}: {} is not a publishable value",
+                r.device,
+                r.point,
+                r.value
+            );
+            continue;
+        }
+        out.push(Message::new(
+            topics.point(&r.device, &r.point),
+            payload(r),
+            true,
+        ));
+    }
+    out
+}
+
+/// Publish every event until all adapters have dropped their senders.
+pub async fn run(
+    topics: Topics,
+    broker: BrokerHandle,
+    mut events: mpsc::Receiver<DeviceEvent>,
+) -> Result<Stats, BrokerError> {
+    let mut stats = Stats::default();
+    while let Some(event) = events.recv().await {
+        match event {
+            DeviceEvent::Readings { readings, ack } => {
+                let batch = messages(&topics, &readings, &mut stats);
+                let n = batch.len() as u64;
+                if !batch.is_empty() {
+                    broker.publish(batch).await?;
+                }
+                stats.published += n;
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            }
+            DeviceEvent::Availability { device, online } => {
+                if online {
+                    log::info!("device {device} online");
+                    stats.devices_seen.insert(device.clone());
+                } else {
+                    log::info!("device {device} offline");
+                }
+                let msg = Message::new(topics.availability(&device), availability(online), true);
+                broker.publish(vec![msg]).await?;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn reading(value: Value, unit: Option<&str>) -> Reading {
+        Reading::new("boiler".into(), "flow".into(), value)
+            .with_unit(unit.map(Arc::from))
+            .with_ts(UNIX_EPOCH + Duration::from_millis(1_795_315_563_123))
+    }
+
+    #[test]
+    fn payload_is_the_contract() {
+        let p = payload(&reading(Value::Float(21.5), Some("°C")));
+        assert_eq!(
+            String::from_utf8(p).unwrap(),
+            r#"{"value":21.5,"unit":"°C","ts":"2026-11-22T02:46:03.123Z"}"#
+        );
+        let p = payload(&reading(Value::Bool(true), None));
+        assert_eq!(
+            String::from_utf8(p).unwrap(),
+            r#"{"value":true,"ts":"2026-11-22T02:46:03.123Z"}"#
+        );
+    }
+
+    #[test]
+    fn topics() {
+        let t = Topics::new("sensorgate");
+        assert_eq!(t.point("boiler", "flow"), "sensorgate/boiler/flow");
+        assert_eq!(t.availability("boiler"), "sensorgate/boiler/availability");
+        assert_eq!(t.status(), "sensorgate/status");
+        assert_eq!(
+            t.parse_set("sensorgate/boiler/flow/set"),
+            Some(("boiler", "flow"))
+        );
+        assert_eq!(t.parse_set("sensorgate/boiler/flow"), None);
+        assert_eq!(t.parse_set("other/boiler/flow/set"), None);
+    }
+
+    #[test]
+    fn bad_readings_are_skipped_and_counted() {
+        let t = Topics::new("p");
+        let mut stats = Stats::default();
+        let rs = vec![
+            reading(Value::Float(1.0), None),
+            reading(Value::Float(f64::NAN), None),
+            reading(Value::Int(85), None).with_quality(Quality::Bad("power-on value".into())),
+        ];
+        let m = messages(&t, &rs, &mut stats);
+        assert_eq!(m.len(), 1);
+        assert!(m[0].retain);
+        assert_eq!(stats.skipped, 2);
+    }
+}
