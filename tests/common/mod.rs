@@ -1,0 +1,338 @@
+//! Test harness: the real `sensorgate` binary on free loopback ports, real MQTT clients.
+//! Every wait has a timeout; every process started here is stopped by its PID.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sensorgate");
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A temp folder with a config file in it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub prefix: String,
+}
+
+impl Setup {
+    /// `body` is added after a `[gateway]` and `[broker]` section made for this test.
+    pub fn new(body: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let prefix = format!("t{}", port);
+        let s = Setup { dir, port, prefix };
+        s.write(body);
+        s
+    }
+
+    pub fn write(&self, body: &str) {
+        let text = format!(
+            "[gateway]\nid = \"test\"\ntopic_prefix = \"{}\"\nstate_dir = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{}\"\n{}",
+            self.prefix,
+            self.state_dir().display(),
+            self.port,
+            body
+        );
+        std::fs::write(self.config(), text).expect("write config");
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("sensorgate.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.config(), self.addr(), self.dir.path())
+    }
+}
+
+/// A running `sensorgate run`.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, addr: SocketAddr, dir: &Path) -> Daemon {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("daemon-{n}.log"));
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args(["--log-level", "debug", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn sensorgate");
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sensorgate::broker::mqtt_ping(addr, 4) {
+            if let Some(status) = d.try_status() {
+                panic!("sensorgate exited early ({status}):\n{}", d.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker not ready on {addr}:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid();
+        if pid > 0 {
+            // SAFETY: kill(2) on the PID of a child this harness started and has not reaped.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// Wait for the process to exit, up to `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_status() {
+                self.child = None;
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status (SIGKILL and a panic if it does not stop in time).
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match self.wait(Duration::from_secs(15)) {
+            Some(s) => s,
+            None => {
+                self.signal(libc::SIGKILL);
+                let _ = self.wait(Duration::from_secs(5));
+                panic!("sensorgate did not stop on SIGTERM:\n{}", self.log_text());
+            }
+        }
+    }
+
+    /// SIGKILL: no clean-up at all.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        assert!(
+            self.wait(Duration::from_secs(10)).is_some(),
+            "SIGKILL ignored?"
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+/// A real MQTT client (rumqttc) that records what it receives.
+pub struct Sub {
+    pub client: AsyncClient,
+    got: Arc<Mutex<Vec<Msg>>>,
+    connected: Arc<Mutex<Option<bool>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sub {
+    /// Connect to `addr` and subscribe to `filter` (QoS 0); waits for the SUBACK.
+    pub async fn connect(addr: SocketAddr, id: &str, filter: &str) -> Sub {
+        let s = Sub::connect_only(addr, id).await;
+        assert_eq!(
+            *s.connected.lock().unwrap(),
+            Some(true),
+            "{id} not connected"
+        );
+        s.client
+            .subscribe(filter, QoS::AtMostOnce)
+            .await
+            .expect("subscribe");
+        // The SUBACK is not surfaced separately; a short settle is enough for loopback,
+        // and callers wait on what they expect with a timeout anyway.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s
+    }
+
+    /// Connect; `connected()` tells whether a CONNACK came within 5 s.
+    pub async fn connect_only(addr: SocketAddr, id: &str) -> Sub {
+        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let got: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let connected: Arc<Mutex<Option<bool>>> = Arc::default();
+        let (g, c) = (got.clone(), connected.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => *c.lock().unwrap() = Some(true),
+                    Ok(Event::Incoming(Packet::Publish(p))) => g.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        retain: p.retain,
+                    }),
+                    Ok(_) => {}
+                    Err(_) => {
+                        *c.lock().unwrap() = Some(false);
+                        return;
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while connected.lock().unwrap().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Sub {
+            client,
+            got,
+            connected,
+            task,
+        }
+    }
+
+    /// Is the connection up (CONNACK received and not closed since)?
+    pub fn connected(&self) -> bool {
+        *self.connected.lock().unwrap() == Some(true)
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Wait until a received message satisfies `pred`; returns it.
+    pub async fn wait_for(&self, limit: Duration, pred: impl Fn(&Msg) -> bool) -> Option<Msg> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(m) = self.got.lock().unwrap().iter().find(|m| pred(m)) {
+                return Some(m.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Wait until more than `n` messages have arrived.
+    pub async fn wait_more_than(&self, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.got.lock().unwrap().len() > n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Wait until the connection drops.
+    pub async fn wait_closed(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if *self.connected.lock().unwrap() == Some(false) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Run `sensorgate` with `args`; returns (exit success, stdout, stderr).
+pub fn sensorgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run sensorgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parse a reading payload: the JSON object and its `ts`.
+pub fn reading(payload: &str) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(m)) => m,
+        other => panic!("not a JSON object: {payload:?} ({other:?})"),
+    }
+}
+
+/// Is `ts` RFC 3339 UTC with exactly three fractional digits and `Z`?
+pub fn is_contract_ts(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    b.len() == 24
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10, 13, 16, 19, 23].contains(&i) || c.is_ascii_digit())
+}
