@@ -13,6 +13,8 @@ const FIRST_PARTY: &[&str] = &["modbus", "serial", "exec", "sim", "onewire"];
 static PLUGINS: &[&dyn Plugin] = &[
     #[cfg(feature = "plugin-sim")]
     &sensorgate_sim::PLUGIN,
+    #[cfg(feature = "plugin-modbus")]
+    &sensorgate_modbus::PLUGIN,
 ];
 
 /// Every plugin in this build.

@@ -233,7 +233,7 @@ fn device_names_are_unique_and_plugins_known() {
     assert_eq!(e[0].path, "device[1].name");
     assert!(e[0].message.contains("unique"));
 
-    let d = Dir::new("[[device]]\nname = \"m\"\nplugin = \"modbus\"\n");
+    let d = Dir::new("[[device]]\nname = \"m\"\nplugin = \"onewire\"\n");
     let e = d.errors(&[]);
     assert!(
         e[0].message.contains("not built into this binary"),
