@@ -1,10 +1,11 @@
 //! Wiring: start everything in order, run until SIGTERM/SIGINT, then stop in order.
 //!
-//! Start: state dir, broker, gateway status `online`, command router, one supervised task
-//! per device. Stop: cancel the one token; adapters finish their current step; the
-//! publisher drains what they handed over; every device and the gateway go `offline`;
-//! wait until the broker has routed that, then return (rumqttd cannot be stopped: its
-//! threads end with the process).
+//! Start: state dir, outbox, broker, bridge, gateway status `online`, command router,
+//! one supervised task per device. Stop: cancel the one token; adapters finish their
+//! current step; the publisher drains what they handed over (into the outbox and the
+//! broker); the bridge gives in-flight messages a short deadline and says `offline`
+//! upstream; every device and the gateway go `offline` locally; wait until the broker has
+//! routed that, then return (rumqttd cannot be stopped: its threads end with the process).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::{Bridge, BridgeError, Owned};
 use crate::broker::{self, BrokerError, BrokerHandle, Message};
+use crate::buffer::{BufferError, Outbox};
 use crate::config::{Config, Device};
 use crate::publish::{self, availability, Topics};
 
@@ -31,6 +34,10 @@ const COMMAND_QUEUE: usize = 64;
 pub enum AppError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
     #[error("cannot create state_dir {path}: {source}")]
     StateDir {
         path: std::path::PathBuf,
@@ -66,18 +73,22 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         path: state_dir.clone(),
         source,
     })?;
-    if config.upstream.is_some() {
-        log::warn!(
-            "[upstream] is set, but this version has no bridge yet: nothing is sent upstream"
-        );
-    }
     if config.homeassistant.enabled {
         log::warn!(
             "[homeassistant] enabled, but this version does not send discovery messages yet"
         );
     }
 
-    let broker = broker::start(&config.broker).await?;
+    let topics = Topics::new(&config.gateway.topic_prefix);
+    let mut internal = vec![topics.set_filter(), topics.status()];
+    let outbox = match &config.upstream {
+        Some(up) => {
+            internal.extend(Bridge::local_filters(up));
+            Some(Outbox::open(&state_dir, &config.buffer).await?)
+        }
+        None => None,
+    };
+    let broker = broker::start(&config.broker, &internal).await?;
     log::info!(
         "broker listening on {} (MQTT 3.1.1){}",
         config.broker.listen,
@@ -96,8 +107,35 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         )])
         .await?;
 
+    let bridge = match (&config.upstream, outbox) {
+        (Some(up), Some(outbox)) => {
+            let owned = Owned {
+                prefix: topics.prefix().to_string(),
+                devices: config
+                    .devices
+                    .iter()
+                    .map(|d| d.spec.name.to_string())
+                    .collect(),
+            };
+            log::info!("bridge to {} ({} route(s))", up.url, up.route.len());
+            Some(Bridge::start(
+                up,
+                &config.gateway,
+                outbox,
+                broker.clone(),
+                owned,
+            )?)
+        }
+        _ => None,
+    };
+
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let publisher = tokio::spawn(publish::run(topics.clone(), broker.clone(), events_rx));
+    let publisher = tokio::spawn(publish::run(
+        topics.clone(),
+        broker.clone(),
+        bridge.as_ref().map(Bridge::uplink),
+        events_rx,
+    ));
 
     let mut command_senders = HashMap::new();
     let mut adapters = JoinSet::new();
@@ -120,7 +158,7 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
     let device_names: Vec<String> = command_senders.keys().cloned().collect();
     drop(events_tx);
 
-    let commands = broker.subscribe(&topics.set_filter()).await?;
+    let commands = broker.subscribe(&[topics.set_filter()])?;
     let router = tokio::spawn(route_commands(topics.clone(), commands, command_senders));
     log::info!(
         "gateway {} running: {} device(s), readings on {}/<device>/<point>",
@@ -155,6 +193,9 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         Ok(Err(e)) => log::error!("publisher stopped: {e}"),
         Err(e) => log::error!("publisher failed: {e}"),
     }
+    if let Some(b) = bridge {
+        b.stop().await;
+    }
     go_offline(&broker, &topics, &device_names).await
 }
 
@@ -165,7 +206,7 @@ async fn go_offline(
     topics: &Topics,
     devices: &[String],
 ) -> Result<(), AppError> {
-    let mut echo = broker.subscribe(&topics.status()).await?;
+    let mut echo = broker.subscribe(&[topics.status()])?;
     let mut last = devices
         .iter()
         .map(|d| Message::new(topics.availability(d), availability(false), true))

@@ -78,6 +78,8 @@ pub enum BrokerError {
     NotReady { addr: SocketAddr, secs: u64 },
     #[error("the embedded broker has stopped")]
     Gone,
+    #[error("internal subscription {0:?} was not planned at start")]
+    NotPlanned(String),
     #[error("cannot start a broker thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -87,13 +89,15 @@ enum Command {
     Subscribe(String),
 }
 
-type Subscribers = Arc<Mutex<Vec<(String, mpsc::Sender<Message>)>>>;
+type Subscribers = Arc<Mutex<Vec<(Vec<String>, mpsc::Sender<Message>)>>>;
 
 /// The daemon's way into the broker: cheap to clone.
 #[derive(Clone)]
 pub struct BrokerHandle {
     commands: mpsc::Sender<Command>,
     subscribers: Subscribers,
+    /// What the subscribing link subscribed to at start (see [`topic::plan`]).
+    link_filters: Arc<Vec<String>>,
     /// Where local clients connect (MQTT 3.1.1).
     pub addr: SocketAddr,
 }
@@ -109,18 +113,21 @@ impl BrokerHandle {
         rx.await.map_err(|_| BrokerError::Gone)
     }
 
-    /// Receive every message published on a topic matching `filter` (QoS 0). A
-    /// subscriber that falls more than a queue behind loses messages (logged).
-    pub async fn subscribe(&self, filter: &str) -> Result<mpsc::Receiver<Message>, BrokerError> {
+    /// Receive, once each, the messages published on topics matching any of `filters`
+    /// (QoS 0). Every filter must have been named to [`start`]. A subscriber that falls
+    /// more than a queue behind loses messages (logged).
+    pub fn subscribe(&self, filters: &[String]) -> Result<mpsc::Receiver<Message>, BrokerError> {
+        if let Some(f) = filters
+            .iter()
+            .find(|f| !self.link_filters.iter().any(|l| topic::covers(l, f)))
+        {
+            return Err(BrokerError::NotPlanned(f.clone()));
+        }
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         self.subscribers
             .lock()
             .map_err(|_| BrokerError::Gone)?
-            .push((filter.to_string(), tx));
-        self.commands
-            .send(Command::Subscribe(filter.to_string()))
-            .await
-            .map_err(|_| BrokerError::Gone)?;
+            .push((filters.to_vec(), tx));
         Ok(rx)
     }
 }
@@ -166,7 +173,12 @@ fn probe_bind(addr: SocketAddr, key: &'static str) -> Result<(), BrokerError> {
 }
 
 /// Start the broker from `[broker]` and return once it accepts MQTT connections.
-pub async fn start(cfg: &BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+///
+/// `internal` names every filter the daemon will [`subscribe`](BrokerHandle::subscribe)
+/// to. rumqttd forwards a message once per matching filter of a link and does not say
+/// which, so the link subscribes to a plan in which each topic matches one filter, and
+/// the handle sorts messages to subscribers itself.
+pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHandle, BrokerError> {
     let listen = cfg.listen_addr().ok_or(BrokerError::Gone)?;
     probe_bind(listen, "listen")?;
     let listen_v5 = cfg.listen_v5_addr();
@@ -227,6 +239,14 @@ pub async fn start(cfg: &BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         .name("broker-sub".into())
         .spawn(move || receive_thread(sub_rx, Some(subs)))?;
 
+    let link_filters = topic::plan(internal);
+    for f in &link_filters {
+        commands
+            .send(Command::Subscribe(f.clone()))
+            .await
+            .map_err(|_| BrokerError::Gone)?;
+    }
+
     let addr = client_addr(listen);
     wait_ready(addr, 4, Duration::from_secs(10)).await?;
     if let Some(a) = listen_v5 {
@@ -235,6 +255,7 @@ pub async fn start(cfg: &BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     Ok(BrokerHandle {
         commands,
         subscribers,
+        link_filters: Arc::new(link_filters),
         addr,
     })
 }
@@ -288,8 +309,8 @@ fn receive_thread(mut rx: LinkRx, subscribers: Option<Subscribers>) {
                     continue;
                 };
                 let Ok(list) = subs.lock() else { return };
-                for (filter, tx) in list.iter() {
-                    if !topic::matches(filter, topic) {
+                for (filters, tx) in list.iter() {
+                    if !filters.iter().any(|f| topic::matches(f, topic)) {
                         continue;
                     }
                     let msg = Message::new(topic, f.publish.payload.clone(), f.publish.retain);
@@ -297,7 +318,7 @@ fn receive_thread(mut rx: LinkRx, subscribers: Option<Subscribers>) {
                         dropped += 1;
                         if dropped.is_power_of_two() {
                             log::warn!(
-                                "an internal subscriber to {filter:?} is behind: \
+                                "an internal subscriber to {filters:?} is behind: \
                                  {dropped} messages dropped so far"
                             );
                         }

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`app`]: wiring; start everything, run, the ordered shutdown.
 //! - [`config`]: the TOML configuration, `conf.d/`, environment overrides, validation.
+//! - [`bridge`]: routes, the upstream session, the outbox drain, the downlink.
 //! - [`broker`]: the embedded rumqttd broker on its own threads; [`broker::BrokerHandle`].
+//! - [`buffer`]: the SQLite outbox for messages bound upstream.
 //! - [`publish`]: readings to topics and JSON payloads; availability and status.
 //! - [`plugins`]: the one list of device plugins built into this binary.
 //! - [`topic`]: MQTT topic filter matching.
@@ -15,7 +17,9 @@
 //! under `plugins/api`; each plugin is a crate under `plugins/`.
 
 pub mod app;
+pub mod bridge;
 pub mod broker;
+pub mod buffer;
 pub mod config;
 pub mod logging;
 pub mod plugins;

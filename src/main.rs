@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sensorgate::config::{Config, DEFAULT_PATH};
-use sensorgate::{app, broker, logging, tail};
+use sensorgate::{app, broker, buffer, logging, tail};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,28 @@ enum Cmd {
         /// Exit after this long, e.g. "10s" (non-zero if nothing arrived).
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
+    },
+    /// The offline buffer (messages waiting for the upstream): stats or purge.
+    Buffer {
+        #[command(subcommand)]
+        cmd: BufferCmd,
+    },
+    /// One-shot Modbus wiring checks: read registers, scan for unit ids.
+    #[cfg(feature = "plugin-modbus")]
+    Modbus(sensorgate_modbus::cli::ModbusArgs),
+}
+
+#[derive(Subcommand)]
+enum BufferCmd {
+    /// How many messages wait, their size, the oldest one's age, what was dropped.
+    Stats {
+        #[arg(long, short, default_value = DEFAULT_PATH, env = "SENSORGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Delete every waiting message (they are never sent).
+    Purge {
+        #[arg(long, short, default_value = DEFAULT_PATH, env = "SENSORGATE_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -114,6 +136,49 @@ fn real_main(cmd: Cmd) -> anyhow::Result<()> {
                 timeout,
             };
             runtime()?.block_on(tail::run(t))?;
+            Ok(())
+        }
+        Cmd::Buffer { cmd } => buffer_command(cmd),
+        #[cfg(feature = "plugin-modbus")]
+        Cmd::Modbus(args) => Ok(runtime()?.block_on(sensorgate_modbus::cli::run(args))?),
+    }
+}
+
+fn buffer_command(cmd: BufferCmd) -> anyhow::Result<()> {
+    match cmd {
+        BufferCmd::Stats { config } => {
+            let cfg = load(&config)?;
+            let dir = cfg.gateway.state_dir;
+            let path = dir.join(buffer::FILE_NAME);
+            match runtime()?.block_on(buffer::stats_of(&dir))? {
+                None => println!("buffer {}: empty (no buffer file yet)", path.display()),
+                Some(s) => {
+                    let age = s
+                        .oldest_ms
+                        .map(|t| {
+                            let ms = (buffer::now_ms() - t).max(0) as u64;
+                            let d = Duration::from_secs(ms / 1000);
+                            format!(", oldest {} old", humantime::format_duration(d))
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "buffer {}: {} message(s), {}{age}",
+                        path.display(),
+                        s.count,
+                        bytesize::ByteSize(s.bytes.max(0) as u64)
+                    );
+                    println!(
+                        "dropped: {} oldest to make room (max_bytes), {} new refused (on_full / too large), {} expired (max_age)",
+                        s.dropped_full, s.dropped_rejected, s.dropped_expired
+                    );
+                }
+            }
+            Ok(())
+        }
+        BufferCmd::Purge { config } => {
+            let cfg = load(&config)?;
+            let n = runtime()?.block_on(buffer::purge(&cfg.gateway.state_dir))?;
+            println!("buffer purged: {n} message(s) deleted");
             Ok(())
         }
     }

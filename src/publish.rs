@@ -8,6 +8,7 @@ use sensorgate_api::{format_ts, DeviceEvent, Quality, Reading, Value};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::bridge::Uplink;
 use crate::broker::{BrokerError, BrokerHandle, Message};
 
 /// `online` / `offline`, the payloads of availability and status topics.
@@ -126,10 +127,24 @@ fn messages(topics: &Topics, readings: &[Reading], stats: &mut Stats) -> Vec<Mes
     out
 }
 
+/// Hand messages bound upstream to the outbox (committed before anything is published
+/// locally, so that a reading seen anywhere is never missing upstream).
+async fn store_upstream(uplink: Option<&Uplink>, batch: &[Message]) {
+    if let Some(u) = uplink {
+        if let Err(e) = u.store(batch).await {
+            log::error!(
+                "{} message(s) bound upstream are lost: the buffer failed: {e}",
+                batch.len()
+            );
+        }
+    }
+}
+
 /// Publish every event until all adapters have dropped their senders.
 pub async fn run(
     topics: Topics,
     broker: BrokerHandle,
+    uplink: Option<Uplink>,
     mut events: mpsc::Receiver<DeviceEvent>,
 ) -> Result<Stats, BrokerError> {
     let mut stats = Stats::default();
@@ -139,6 +154,7 @@ pub async fn run(
                 let batch = messages(&topics, &readings, &mut stats);
                 let n = batch.len() as u64;
                 if !batch.is_empty() {
+                    store_upstream(uplink.as_ref(), &batch).await;
                     broker.publish(batch).await?;
                 }
                 stats.published += n;
@@ -154,6 +170,7 @@ pub async fn run(
                     log::info!("device {device} offline");
                 }
                 let msg = Message::new(topics.availability(&device), availability(online), true);
+                store_upstream(uplink.as_ref(), std::slice::from_ref(&msg)).await;
                 broker.publish(vec![msg]).await?;
             }
         }

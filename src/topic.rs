@@ -33,6 +33,57 @@ pub fn valid_filter(filter: &str) -> bool {
     })
 }
 
+/// Does filter `a` match every topic filter `b` matches?
+pub fn covers(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) => return true,
+            (_, Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(x), Some(y)) if x == y && y != "+" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Can some topic match both filters?
+pub fn overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The fewest filters that receive every topic matching any of `wanted`, each topic
+/// through exactly one of them: a filter covered by another is left out, and filters
+/// that overlap without one covering the other are replaced by `#`.
+pub fn plan(wanted: &[String]) -> Vec<String> {
+    let mut keep: Vec<String> = Vec::new();
+    for (i, f) in wanted.iter().enumerate() {
+        let covered = wanted
+            .iter()
+            .enumerate()
+            .any(|(j, g)| j != i && covers(g, f) && (f != g || j < i));
+        if !covered {
+            keep.push(f.clone());
+        }
+    }
+    for (i, a) in keep.iter().enumerate() {
+        if keep[i + 1..].iter().any(|b| overlap(a, b)) {
+            return vec!["#".to_string()];
+        }
+    }
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +102,26 @@ mod tests {
         assert!(!matches("a/b/c", "a/b"));
         assert!(matches("sensorgate/+/+/set", "sensorgate/boiler/temp/set"));
         assert!(!matches("sensorgate/+/+/set", "sensorgate/boiler/temp"));
+    }
+
+    #[test]
+    fn covering_and_overlapping() {
+        assert!(covers("a/#", "a/b/+"));
+        assert!(covers("a/#", "a"));
+        assert!(covers("+/b", "a/b"));
+        assert!(!covers("a/b", "a/+"));
+        assert!(!covers("a/+", "a/#"));
+        assert!(overlap("a/+/c", "a/b/+"));
+        assert!(!overlap("p/status", "p/+/+/set"));
+        assert!(overlap("p/#", "p/+/+/set"));
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(plan(&s(&["p/+/+/set", "p/status", "p/#"])), s(&["p/#"]));
+        assert_eq!(
+            plan(&s(&["p/+/+/set", "p/status"])),
+            s(&["p/+/+/set", "p/status"])
+        );
+        assert_eq!(plan(&s(&["a/+/c", "a/b/+"])), s(&["#"]));
+        assert_eq!(plan(&s(&["a/b", "a/b"])), s(&["a/b"]));
     }
 
     #[test]

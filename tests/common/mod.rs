@@ -257,9 +257,19 @@ impl Sub {
 
     /// Wait until a received message satisfies `pred`; returns it.
     pub async fn wait_for(&self, limit: Duration, pred: impl Fn(&Msg) -> bool) -> Option<Msg> {
+        self.wait_for_after(0, limit, pred).await
+    }
+
+    /// Like `wait_for`, among the messages after the first `skip`.
+    pub async fn wait_for_after(
+        &self,
+        skip: usize,
+        limit: Duration,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> Option<Msg> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(m) = self.got.lock().unwrap().iter().find(|m| pred(m)) {
+            if let Some(m) = self.got.lock().unwrap().iter().skip(skip).find(|m| pred(m)) {
                 return Some(m.clone());
             }
             if Instant::now() >= deadline {
@@ -335,4 +345,225 @@ pub fn is_contract_ts(ts: &str) -> bool {
         && b.iter()
             .enumerate()
             .all(|(i, c)| [4, 7, 10, 13, 16, 19, 23].contains(&i) || c.is_ascii_digit())
+}
+
+/// Debian's mosquitto as the upstream (cloud) broker, on a free loopback port, with
+/// persistence, restartable on the same port.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: dir.join("mosquitto"),
+            child: None,
+        };
+        std::fs::create_dir_all(&m.dir).expect("mosquitto dir");
+        std::fs::write(
+            m.dir.join("mosquitto.conf"),
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                m.port,
+                m.dir.display()
+            ),
+        )
+        .expect("mosquitto.conf");
+        m.up();
+        m
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Start (again) on the same port; waits until it accepts MQTT.
+    pub fn up(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .expect("log");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto is installed (tests/run.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sensorgate::broker::mqtt_ping(self.addr(), 4) {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (mosquitto saves its persistence file) and wait.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the PID of our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An upstream subscriber with a persistent session (QoS 1) that reconnects by itself,
+/// so it sees everything across broker restarts.
+pub struct Collector {
+    got: Arc<Mutex<Vec<Msg>>>,
+    task: tokio::task::JoinHandle<()>,
+    pub client: AsyncClient,
+}
+
+impl Collector {
+    pub async fn start(addr: SocketAddr, id: &str, filter: &str) -> Collector {
+        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_clean_session(false);
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let got: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let g = got.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready = Some(ready_tx);
+        let sub = client.clone();
+        let filter = filter.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => g.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        retain: p.retain,
+                    }),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("collector subscribed")
+            .expect("collector task");
+        Collector { got, task, client }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Integer `value`s received on `topic`, in arrival order.
+    pub fn values(&self, topic: &str) -> Vec<i64> {
+        self.messages()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .filter_map(|m| {
+                serde_json::from_str::<serde_json::Value>(&m.payload)
+                    .ok()?
+                    .get("value")?
+                    .as_i64()
+            })
+            .collect()
+    }
+
+    /// Wait until a value `>= v` arrived on `topic`.
+    pub async fn wait_value(&self, topic: &str, v: i64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.values(topic).iter().any(|x| *x >= v) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Wait until the values on `topic` reach `high` with none missing below it (live
+    /// readings go first after a reconnect, the backlog follows).
+    pub async fn wait_complete(&self, topic: &str, high: i64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let v = self.values(topic);
+            if v.iter().any(|x| *x >= high) && gaps_and_duplicates(&v).0.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub async fn wait_for(&self, limit: Duration, pred: impl Fn(&Msg) -> bool) -> Option<Msg> {
+        self.wait_for_after(0, limit, pred).await
+    }
+
+    /// Like `wait_for`, among the messages after the first `skip`.
+    pub async fn wait_for_after(
+        &self,
+        skip: usize,
+        limit: Duration,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> Option<Msg> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(m) = self.got.lock().unwrap().iter().skip(skip).find(|m| pred(m)) {
+                return Some(m.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Gaps in a counter sequence (values missing between the smallest and largest seen),
+/// and how many values came more than once.
+pub fn gaps_and_duplicates(values: &[i64]) -> (Vec<i64>, usize) {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let before = sorted.len();
+    sorted.dedup();
+    let dups = before - sorted.len();
+    let mut gaps = Vec::new();
+    for w in sorted.windows(2) {
+        gaps.extend(w[0] + 1..w[1]);
+    }
+    (gaps, dups)
 }
