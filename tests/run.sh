@@ -27,6 +27,14 @@ if ! python3 -c 'import paho.mqtt.client' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages paho-mqtt
 fi
 
+# pymodbus: a Modbus simulator nobody here wrote (plugins/modbus/tests/pymodbus_server.py
+# is written for the 3.16 data model).
+if ! python3 -c 'import pymodbus' 2>/dev/null; then
+  echo "== installing pymodbus"
+  python3 -m pip install --quiet 'pymodbus>=3.16,<4' 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages 'pymodbus>=3.16,<4'
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
