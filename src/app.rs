@@ -118,6 +118,15 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
                     .collect(),
             };
             log::info!("bridge to {} ({} route(s))", up.url, up.route.len());
+            if up.route.is_empty() {
+                log::warn!("[upstream] has no [[upstream.route]]: nothing is bridged");
+            }
+            if config.buffer.durability == crate::config::Durability::Offline {
+                log::info!(
+                    "buffer.durability = \"offline\": this version still commits every \
+                     message bound upstream to disk first, as \"always\" does"
+                );
+            }
             Some(Bridge::start(
                 up,
                 &config.gateway,

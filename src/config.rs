@@ -928,6 +928,28 @@ fn validate_upstream(u: &UpstreamConfig, bad: &mut dyn FnMut(String, &str)) {
             "upstream.url",
         );
     }
+    if u.protocol == Protocol::V5 {
+        bad(
+            "\"v5\" is not supported by this version's bridge yet; use \"v4\" (MQTT 3.1.1)".into(),
+            "upstream.protocol",
+        );
+    }
+    if u.cert_file.is_empty() != u.key_file.is_empty() {
+        bad(
+            "cert_file and key_file go together (a client certificate needs its key)".into(),
+            if u.cert_file.is_empty() {
+                "upstream.cert_file"
+            } else {
+                "upstream.key_file"
+            },
+        );
+    }
+    if !u.password_file.is_empty() && u.username.is_empty() {
+        bad(
+            "password_file is set but username is empty".into(),
+            "upstream.username",
+        );
+    }
     for (i, r) in u.route.iter().enumerate() {
         if r.qos > 2 {
             bad(
@@ -935,11 +957,22 @@ fn validate_upstream(u: &UpstreamConfig, bad: &mut dyn FnMut(String, &str)) {
                 &format!("upstream.route[{i}].qos"),
             );
         }
-        if r.filter.is_empty() {
+        if !crate::topic::valid_filter(&r.filter) {
             bad(
-                "must not be empty".into(),
+                format!("{:?} is not a valid MQTT topic filter", r.filter),
                 &format!("upstream.route[{i}].filter"),
             );
+        }
+        for (key, p) in [
+            ("local_prefix", &r.local_prefix),
+            ("remote_prefix", &r.remote_prefix),
+        ] {
+            if p.contains(['+', '#']) {
+                bad(
+                    format!("{p:?} must not contain wildcards"),
+                    &format!("upstream.route[{i}].{key}"),
+                );
+            }
         }
     }
 }

@@ -60,16 +60,20 @@ pub async fn connect(path: &Path) -> Result<SqliteConnection, BufferError> {
         .map_err(db_err(path))
 }
 
-/// Connect to an existing outbox file, with its tables made current.
-pub async fn connect_existing(path: &Path) -> Result<SqliteConnection, BufferError> {
-    let mut conn = connect(path).await?;
+async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), BufferError> {
     MIGRATOR
-        .run(&mut conn)
+        .run(conn)
         .await
         .map_err(|source| BufferError::Migrate {
             path: path.to_path_buf(),
             source,
-        })?;
+        })
+}
+
+/// Connect to an existing outbox file, with its tables made current.
+pub async fn connect_existing(path: &Path) -> Result<SqliteConnection, BufferError> {
+    let mut conn = connect(path).await?;
+    migrate(&mut conn, path).await?;
     Ok(conn)
 }
 
@@ -86,13 +90,7 @@ impl Store {
                 source: std::io::Error::other(format!("integrity check failed: {check}")),
             });
         }
-        MIGRATOR
-            .run(&mut conn)
-            .await
-            .map_err(|source| BufferError::Migrate {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        migrate(&mut conn, path).await?;
         let mut s = Store {
             conn,
             path: path.to_path_buf(),

@@ -256,3 +256,28 @@ fn a_point_may_not_take_the_availability_topic() {
     assert_eq!(e[0].path, "device[0].point[0].name");
     assert!(e[0].message.contains("reserved"), "{}", e[0]);
 }
+
+#[test]
+fn upstream_keys_are_checked() {
+    let d = Dir::new(
+        r#"
+[upstream]
+url = "http://example.com"
+protocol = "v5"
+cert_file = "/x.pem"
+[[upstream.route]]
+filter = "a/#/b"
+local_prefix = "x/+"
+"#,
+    );
+    let paths: Vec<String> = d.errors(&[]).into_iter().map(|e| e.path).collect();
+    for want in [
+        "upstream.url",
+        "upstream.protocol",
+        "upstream.key_file",
+        "upstream.route[0].filter",
+        "upstream.route[0].local_prefix",
+    ] {
+        assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
+    }
+}
