@@ -267,16 +267,7 @@ impl Sub {
         limit: Duration,
         pred: impl Fn(&Msg) -> bool,
     ) -> Option<Msg> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(m) = self.got.lock().unwrap().iter().skip(skip).find(|m| pred(m)) {
-                return Some(m.clone());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_msg(&self.got, skip, limit, pred).await
     }
 
     /// Wait until more than `n` messages have arrived.
@@ -307,6 +298,25 @@ impl Sub {
 impl Drop for Sub {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Wait until a message after the first `skip` in `got` satisfies `pred`.
+async fn wait_msg(
+    got: &Mutex<Vec<Msg>>,
+    skip: usize,
+    limit: Duration,
+    pred: impl Fn(&Msg) -> bool,
+) -> Option<Msg> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(m) = got.lock().unwrap().iter().skip(skip).find(|m| pred(m)) {
+            return Some(m.clone());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -357,6 +367,13 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// Like `start`, with `extra` lines appended to mosquitto.conf after the plain
+    /// listener's (another `listener` with its TLS settings, say). Readiness is checked on
+    /// the plain listener, `port`.
+    pub fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let mut m = Mosquitto {
             port: free_port(),
             dir: dir.join("mosquitto"),
@@ -366,7 +383,7 @@ impl Mosquitto {
         std::fs::write(
             m.dir.join("mosquitto.conf"),
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n{extra}",
                 m.port,
                 m.dir.display()
             ),
@@ -378,6 +395,11 @@ impl Mosquitto {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// mosquitto's own log (stderr of every start), for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Start (again) on the same port; waits until it accepts MQTT.
@@ -534,16 +556,7 @@ impl Collector {
         limit: Duration,
         pred: impl Fn(&Msg) -> bool,
     ) -> Option<Msg> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(m) = self.got.lock().unwrap().iter().skip(skip).find(|m| pred(m)) {
-                return Some(m.clone());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_msg(&self.got, skip, limit, pred).await
     }
 }
 
