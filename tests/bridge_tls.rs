@@ -218,6 +218,16 @@ async fn a_server_certificate_from_another_ca_is_refused() {
         d.log_text()
     );
     assert!(sensorgate::broker::mqtt_ping(s.addr(), 4), "broker up");
+    // It tries again (back-off from 1 s), and is refused again.
+    let deadline = Instant::now() + T;
+    while !d.log_text().contains("unreachable (2 tries): TLS") {
+        assert!(
+            Instant::now() < deadline,
+            "no second try:\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(up.messages().is_empty(), "upstream got {:?}", up.messages());
     assert!(
         !d.log_text().contains("upstream connected"),
