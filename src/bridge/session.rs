@@ -401,7 +401,7 @@ impl Session {
             return;
         }
         let ids = std::mem::take(&mut c.acks);
-        if let Err(e) = self.shared.outbox.ack(ids).await {
+        if let Err(e) = self.shared.outbox.ack_later(ids).await {
             // The rows stay and are sent again: a duplicate, not a loss.
             log::warn!("buffer: cannot delete acknowledged messages: {e}");
         }

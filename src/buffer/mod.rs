@@ -180,6 +180,20 @@ impl Outbox {
         self.call(|tx| Op::Ack(ids, tx)).await
     }
 
+    /// Like `ack`, without waiting for the delete: the outbox task takes requests in
+    /// order, so a later `peek` or `close` sees the rows gone; a failed delete is logged
+    /// there (the rows stay and are sent again).
+    pub async fn ack_later(&self, ids: Vec<i64>) -> Result<(), BufferError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (tx, _) = oneshot::channel();
+        self.ops
+            .send(Op::Ack(ids, tx))
+            .await
+            .map_err(|_| BufferError::Closed)
+    }
+
     /// The newest row's id (0 when empty and new).
     pub async fn max_id(&self) -> Result<i64, BufferError> {
         self.call(Op::MaxId).await
@@ -301,7 +315,13 @@ impl Task {
                     let _ = reply.send(self.store.peek(after, up_to, limit).await);
                 }
                 Op::Ack(ids, reply) => {
-                    let _ = reply.send(self.store.delete(&ids).await);
+                    let r = self.store.delete(&ids).await;
+                    if let Err(e) = &r {
+                        if reply.is_closed() {
+                            log::warn!("buffer: cannot delete acknowledged messages: {e}");
+                        }
+                    }
+                    let _ = reply.send(r);
                 }
                 Op::MaxId(reply) => {
                     let _ = reply.send(self.store.max_id().await);
