@@ -140,7 +140,13 @@ async fn store_upstream(uplink: Option<&Uplink>, batch: &[Message]) {
     }
 }
 
+/// Events taken into one store-and-publish round at most.
+const MAX_EVENTS_PER_ROUND: usize = 256;
+
 /// Publish every event until all adapters have dropped their senders.
+///
+/// Every event already waiting joins the current round, in order: readings of many
+/// devices then share one outbox transaction and one hand-over to the broker.
 pub async fn run(
     topics: Topics,
     broker: BrokerHandle,
@@ -148,31 +154,46 @@ pub async fn run(
     mut events: mpsc::Receiver<DeviceEvent>,
 ) -> Result<Stats, BrokerError> {
     let mut stats = Stats::default();
-    while let Some(event) = events.recv().await {
-        match event {
-            DeviceEvent::Readings { readings, ack } => {
-                let batch = messages(&topics, &readings, &mut stats);
-                let n = batch.len() as u64;
-                if !batch.is_empty() {
-                    store_upstream(uplink.as_ref(), &batch).await;
-                    broker.publish(batch).await?;
+    let mut round = Vec::new();
+    while let Some(first) = events.recv().await {
+        round.push(first);
+        while round.len() < MAX_EVENTS_PER_ROUND {
+            match events.try_recv() {
+                Ok(e) => round.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::new();
+        let mut acks = Vec::new();
+        for event in round.drain(..) {
+            match event {
+                DeviceEvent::Readings { readings, ack } => {
+                    let m = messages(&topics, &readings, &mut stats);
+                    stats.published += m.len() as u64;
+                    batch.extend(m);
+                    acks.extend(ack);
                 }
-                stats.published += n;
-                if let Some(ack) = ack {
-                    let _ = ack.send(());
+                DeviceEvent::Availability { device, online } => {
+                    if online {
+                        log::info!("device {device} online");
+                        stats.devices_seen.insert(device.clone());
+                    } else {
+                        log::info!("device {device} offline");
+                    }
+                    batch.push(Message::new(
+                        topics.availability(&device),
+                        availability(online),
+                        true,
+                    ));
                 }
             }
-            DeviceEvent::Availability { device, online } => {
-                if online {
-                    log::info!("device {device} online");
-                    stats.devices_seen.insert(device.clone());
-                } else {
-                    log::info!("device {device} offline");
-                }
-                let msg = Message::new(topics.availability(&device), availability(online), true);
-                store_upstream(uplink.as_ref(), std::slice::from_ref(&msg)).await;
-                broker.publish(vec![msg]).await?;
-            }
+        }
+        if !batch.is_empty() {
+            store_upstream(uplink.as_ref(), &batch).await;
+            broker.publish(batch).await?;
+        }
+        for ack in acks {
+            let _ = ack.send(());
         }
     }
     Ok(stats)
