@@ -274,7 +274,7 @@ impl fmt::Debug for Device {
 }
 
 /// The default `poll_interval` of a device.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub use sensorgate_api::config::DEFAULT_POLL_INTERVAL;
 
 /// Where a value came from: a file, or an environment variable.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,6 +36,58 @@ impl DeviceSpec {
     }
 }
 
+/// The `poll_interval` of a device that sets none.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+impl DeviceSpec {
+    /// The `[[device]]` tables of one config file that ask for `plugin`, handed over as
+    /// the daemon does it (`name`, `plugin`, `poll_interval` taken out), for a plugin's
+    /// tests of its `sample.toml`. Every device shares `state_dir`. The daemon's own
+    /// loader checks much more (names, other files, the environment).
+    pub fn from_file(
+        text: &str,
+        plugin: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<Vec<DeviceSpec>, ConfigError> {
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::new("", e.message().to_string()))?;
+        let devices = match root.remove("device") {
+            Some(toml::Value::Array(d)) => d,
+            _ => return Err(ConfigError::new("device", "no [[device]] tables")),
+        };
+        let mut out = Vec::new();
+        for (i, d) in devices.into_iter().enumerate() {
+            let at = |key: &str| format!("device[{i}].{key}");
+            let toml::Value::Table(mut table) = d else {
+                return Err(ConfigError::new(format!("device[{i}]"), "must be a table"));
+            };
+            if table.get("plugin").and_then(|p| p.as_str()) != Some(plugin) {
+                continue;
+            }
+            table.remove("plugin");
+            let name = match table.remove("name") {
+                Some(toml::Value::String(n)) => n,
+                _ => return Err(ConfigError::new(at("name"), "missing or not a string")),
+            };
+            let poll_interval = match table.remove("poll_interval") {
+                None => DEFAULT_POLL_INTERVAL,
+                Some(toml::Value::String(p)) => {
+                    parse_duration(&p).map_err(|m| ConfigError::new(at("poll_interval"), m))?
+                }
+                Some(_) => return Err(ConfigError::new(at("poll_interval"), "not a string")),
+            };
+            out.push(DeviceSpec {
+                name: name.as_str().into(),
+                plugin: plugin.to_string(),
+                poll_interval,
+                state_dir: state_dir.to_path_buf(),
+                table,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// Deserialize any TOML value; an error carries the key path inside it (`point[1].type`,
 /// empty for the value itself) and a one-line message.
 pub fn parse_value<T: DeserializeOwned>(value: toml::Value) -> Result<T, ConfigError> {
@@ -127,6 +179,7 @@ pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -165,6 +218,21 @@ mod tests {
             .unwrap_err();
         assert!(e.message.contains("unknown field `colour`"), "{e}");
         assert_eq!(e.under("device[3]").path, "device[3].point[0].colour");
+    }
+
+    #[test]
+    fn from_file_hands_over_the_plugin_keys_only() {
+        let text = "[[device]]\nname = \"a\"\nplugin = \"x\"\nport = 1\n\
+                    [[device]]\nname = \"b\"\nplugin = \"y\"\n\
+                    [[device]]\nname = \"c\"\nplugin = \"x\"\npoll_interval = \"soon\"\n";
+        let e = DeviceSpec::from_file(text, "x", Path::new("/s")).unwrap_err();
+        assert_eq!(e.path, "device[2].poll_interval");
+        let ok = DeviceSpec::from_file(&text.replace("soon", "2s"), "x", Path::new("/s")).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(&*ok[0].name, "a");
+        assert_eq!(ok[0].poll_interval, DEFAULT_POLL_INTERVAL);
+        assert_eq!(ok[1].poll_interval, Duration::from_secs(2));
+        assert_eq!(ok[0].table.keys().collect::<Vec<_>>(), ["port"]);
     }
 
     #[test]

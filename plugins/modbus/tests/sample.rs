@@ -3,44 +3,15 @@
 
 use std::path::Path;
 
-use sensorgate_api::config::parse_duration;
 use sensorgate_api::{DeviceSpec, Plugin};
 use sensorgate_modbus::PLUGIN;
 
-/// Each `[[device]]` of `file` with `plugin = "modbus"`, as the daemon would hand it
-/// over: the common keys taken out.
+/// Each `[[device]]` of `file` with `plugin = "modbus"`, as the daemon would hand it over.
 fn modbus_devices(file: &Path) -> Vec<DeviceSpec> {
     let text = std::fs::read_to_string(file)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
-    let mut root: toml::Table =
-        toml::from_str(&text).unwrap_or_else(|e| panic!("{} is not TOML: {e}", file.display()));
-    let Some(toml::Value::Array(devices)) = root.remove("device") else {
-        panic!("{} has no [[device]]", file.display());
-    };
-    devices
-        .into_iter()
-        .filter_map(|d| {
-            let toml::Value::Table(mut table) = d else {
-                panic!("a [[device]] is not a table");
-            };
-            let plugin = table.remove("plugin")?.as_str()?.to_string();
-            if plugin != "modbus" {
-                return None;
-            }
-            let name = table.remove("name").expect("device has a name");
-            let interval = table
-                .remove("poll_interval")
-                .expect("device has a poll_interval");
-            Some(DeviceSpec {
-                name: name.as_str().expect("name is a string").into(),
-                plugin,
-                poll_interval: parse_duration(interval.as_str().expect("a string"))
-                    .expect("poll_interval is a duration"),
-                state_dir: std::env::temp_dir(),
-                table,
-            })
-        })
-        .collect()
+    DeviceSpec::from_file(&text, "modbus", &std::env::temp_dir())
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
 #[test]
