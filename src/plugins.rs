@@ -15,6 +15,12 @@ static PLUGINS: &[&dyn Plugin] = &[
     &sensorgate_sim::PLUGIN,
     #[cfg(feature = "plugin-modbus")]
     &sensorgate_modbus::PLUGIN,
+    #[cfg(feature = "plugin-serial")]
+    &sensorgate_serial::PLUGIN,
+    #[cfg(feature = "plugin-exec")]
+    &sensorgate_exec::PLUGIN,
+    #[cfg(feature = "plugin-onewire")]
+    &sensorgate_onewire::PLUGIN,
 ];
 
 /// Every plugin in this build.

@@ -27,6 +27,10 @@ pub struct PointInfo {
     pub name: String,
     pub unit: Option<String>,
     pub writable: bool,
+    /// Home Assistant `device_class` (`temperature`, …), when the point's config sets one.
+    pub device_class: Option<String>,
+    /// Home Assistant `state_class` (`measurement`, …), when the point's config sets one.
+    pub state_class: Option<String>,
     /// One line for people: where the value comes from (`sine 18..24 over 60s`).
     pub source: String,
 }

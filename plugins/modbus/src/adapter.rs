@@ -446,6 +446,8 @@ impl Adapter for ModbusAdapter {
                 name: p.name.to_string(),
                 unit: p.unit.as_deref().map(str::to_string),
                 writable: p.writable,
+                device_class: p.device_class.clone(),
+                state_class: p.state_class.clone(),
                 source: p.source(),
             })
             .collect()

@@ -51,6 +51,8 @@ impl Adapter for SimAdapter {
                 name: p.name.to_string(),
                 unit: p.unit.as_deref().map(str::to_string),
                 writable: false,
+                device_class: p.device_class.clone(),
+                state_class: p.state_class.clone(),
                 source: source(&p.signal),
             })
             .collect()
