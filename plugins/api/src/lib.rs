@@ -13,12 +13,15 @@
 //! - [`config`]: [`DeviceSpec`] (a device's table), [`ConfigError`] with its key path,
 //!   and serde helpers for human durations (`"500ms"`, `"5s"`).
 //! - [`error`]: [`AdapterError`], keeping device problems apart from transport problems.
+//! - `testing` (feature `testing`): a fake daemon for plugin tests.
 
 pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod poll;
 pub mod reading;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use adapter::{Adapter, AdapterContext, Command, DeviceEvent, Plugin, PointInfo};
 pub use config::{ConfigError, DeviceSpec};

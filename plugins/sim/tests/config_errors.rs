@@ -3,12 +3,12 @@
 use sensorgate_api::{ConfigError, Plugin};
 use sensorgate_sim::PLUGIN;
 
-mod common;
+use sensorgate_api::testing as common;
 
 /// The errors of building a device from `table`; panics if it builds.
 fn errors(table: &str) -> Vec<ConfigError> {
     let dir = tempfile::TempDir::new().expect("temp dir");
-    match PLUGIN.build(&common::spec("d", table, dir.path())) {
+    match PLUGIN.build(&common::spec("sim", "d", table, dir.path())) {
         Ok(_) => panic!("built, but should not have:\n{table}"),
         Err(e) => e,
     }

@@ -5,15 +5,14 @@ use std::time::SystemTime;
 use sensorgate_api::{Adapter, AdapterError, Plugin, Value};
 use sensorgate_sim::PLUGIN;
 
-mod common;
-use common::Ack;
+use sensorgate_api::testing::{self as common, Ack};
 
 const DEVICE: &str = "[[point]]\nname = \"count\"\nsignal = \"counter\"\n\
                       [[point]]\nname = \"k\"\nsignal = \"constant\"\nvalue = 7\n";
 
 fn build(state_dir: &std::path::Path) -> Box<dyn Adapter> {
     PLUGIN
-        .build(&common::spec("demo", DEVICE, state_dir))
+        .build(&common::spec("sim", "demo", DEVICE, state_dir))
         .expect("the device builds")
 }
 

@@ -3,8 +3,7 @@
 use sensorgate_api::{Plugin, Value};
 use sensorgate_sim::PLUGIN;
 
-mod common;
-use common::Ack;
+use sensorgate_api::testing::{self as common, Ack};
 
 const DEVICE: &str = r#"
 [[point]]
@@ -65,7 +64,7 @@ fn is_rounded(x: f64, decimals: i32) -> bool {
 async fn values_stay_in_their_range() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let mut adapter = PLUGIN
-        .build(&common::spec("sim", DEVICE, dir.path()))
+        .build(&common::spec("sim", "sim", DEVICE, dir.path()))
         .expect("the device builds");
     let run = common::run(&mut *adapter, "sim", dir.path(), 25, |_| Ack::Yes).await;
     assert!(run.result.is_ok(), "{:?}", run.result);
@@ -103,7 +102,7 @@ async fn values_stay_in_their_range() {
 fn points_say_where_values_come_from() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let adapter = PLUGIN
-        .build(&common::spec("sim", DEVICE, dir.path()))
+        .build(&common::spec("sim", "sim", DEVICE, dir.path()))
         .expect("the device builds");
     let sources: Vec<String> = adapter.points().into_iter().map(|p| p.source).collect();
     assert_eq!(
