@@ -17,6 +17,9 @@
 //!   logged: each listener is bound once here first, for a clear start-up error, and
 //!   the broker is only called ready once it answers an MQTT CONNECT.
 
+pub mod acl;
+pub mod passwd;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
