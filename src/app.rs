@@ -19,7 +19,8 @@ use crate::bridge::{Bridge, BridgeError, Owned};
 use crate::broker::{self, BrokerError, BrokerHandle, Message};
 use crate::buffer::{BufferError, Outbox};
 use crate::config::{Config, Device};
-use crate::publish::{self, availability, Topics};
+use crate::homeassistant::Discovery;
+use crate::publish::{self, availability, HomeAssistant, Topics};
 
 /// How long adapters get to finish after the stop signal.
 const ADAPTER_STOP_DEADLINE: Duration = Duration::from_secs(5);
@@ -73,14 +74,13 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         path: state_dir.clone(),
         source,
     })?;
-    if config.homeassistant.enabled {
-        log::warn!(
-            "[homeassistant] enabled, but this version does not send discovery messages yet"
-        );
-    }
-
     let topics = Topics::new(&config.gateway.topic_prefix);
     let mut internal = vec![topics.set_filter(), topics.status()];
+    let ha_status = config
+        .homeassistant
+        .enabled
+        .then(|| Discovery::status_topic(&config.homeassistant));
+    internal.extend(ha_status.clone());
     let outbox = match &config.upstream {
         Some(up) => {
             internal.extend(Bridge::local_filters(up));
@@ -138,12 +138,26 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         _ => None,
     };
 
+    let ha = match &ha_status {
+        Some(status) => {
+            log::info!(
+                "Home Assistant discovery under {}/ (birth messages on {status})",
+                config.homeassistant.discovery_prefix
+            );
+            Some(HomeAssistant::new(
+                Discovery::new(&config),
+                broker.subscribe(std::slice::from_ref(status))?,
+            ))
+        }
+        None => None,
+    };
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let publisher = tokio::spawn(publish::run(
         topics.clone(),
         broker.clone(),
         bridge.as_ref().map(Bridge::uplink),
         events_rx,
+        ha,
     ));
 
     let mut command_senders = HashMap::new();

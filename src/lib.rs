@@ -7,6 +7,7 @@
 //! - [`bridge`]: routes, the upstream session, the outbox drain, the downlink.
 //! - [`broker`]: the embedded rumqttd broker on its own threads; [`broker::BrokerHandle`].
 //! - [`buffer`]: the SQLite outbox for messages bound upstream.
+//! - [`homeassistant`]: Home Assistant MQTT discovery.
 //! - [`publish`]: readings to topics and JSON payloads; availability and status.
 //! - [`plugins`]: the one list of device plugins built into this binary.
 //! - [`topic`]: MQTT topic filter matching.
@@ -21,6 +22,7 @@ pub mod bridge;
 pub mod broker;
 pub mod buffer;
 pub mod config;
+pub mod homeassistant;
 pub mod logging;
 pub mod plugins;
 pub mod publish;

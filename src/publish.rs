@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::bridge::Uplink;
 use crate::broker::{BrokerError, BrokerHandle, Message};
+use crate::homeassistant::Discovery;
 
 /// `online` / `offline`, the payloads of availability and status topics.
 pub fn availability(online: bool) -> &'static str {
@@ -140,6 +141,24 @@ async fn store_upstream(uplink: Option<&Uplink>, batch: &[Message]) {
     }
 }
 
+/// Home Assistant discovery as the publisher runs it.
+pub struct HomeAssistant {
+    pub discovery: Discovery,
+    /// Messages on `<discovery_prefix>/status`.
+    pub births: mpsc::Receiver<Message>,
+    births_closed: bool,
+}
+
+impl HomeAssistant {
+    pub fn new(discovery: Discovery, births: mpsc::Receiver<Message>) -> HomeAssistant {
+        HomeAssistant {
+            discovery,
+            births,
+            births_closed: false,
+        }
+    }
+}
+
 /// Events taken into one store-and-publish round at most.
 const MAX_EVENTS_PER_ROUND: usize = 256;
 
@@ -147,15 +166,41 @@ const MAX_EVENTS_PER_ROUND: usize = 256;
 ///
 /// Every event already waiting joins the current round, in order: readings of many
 /// devices then share one outbox transaction and one hand-over to the broker.
+///
+/// With Home Assistant discovery on, a device's config message goes out with its first
+/// good readings (ahead of them), and everything announced goes out again whenever HA's
+/// birth message (`online` on `<discovery_prefix>/status`) comes through `ha.births`.
 pub async fn run(
     topics: Topics,
     broker: BrokerHandle,
     uplink: Option<Uplink>,
     mut events: mpsc::Receiver<DeviceEvent>,
+    mut ha: Option<HomeAssistant>,
 ) -> Result<Stats, BrokerError> {
     let mut stats = Stats::default();
     let mut round = Vec::new();
-    while let Some(first) = events.recv().await {
+    if let Some(ha) = &mut ha {
+        broker.publish(ha.discovery.start()).await?;
+    }
+    loop {
+        let first = match &mut ha {
+            Some(h) if !h.births_closed => tokio::select! {
+                e = events.recv() => e,
+                birth = h.births.recv() => {
+                    match birth {
+                        Some(m) if m.payload.as_ref() == b"online" => {
+                            log::info!("Home Assistant is online: sending discovery again");
+                            broker.publish(h.discovery.rebirth()).await?;
+                        }
+                        Some(_) => {}
+                        None => h.births_closed = true,
+                    }
+                    continue;
+                }
+            },
+            _ => events.recv().await,
+        };
+        let Some(first) = first else { break };
         round.push(first);
         while round.len() < MAX_EVENTS_PER_ROUND {
             match events.try_recv() {
@@ -168,6 +213,9 @@ pub async fn run(
         for event in round.drain(..) {
             match event {
                 DeviceEvent::Readings { readings, ack } => {
+                    if let Some(h) = &mut ha {
+                        batch.extend(h.discovery.observe(&readings));
+                    }
                     let m = messages(&topics, &readings, &mut stats);
                     stats.published += m.len() as u64;
                     batch.extend(m);
