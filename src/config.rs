@@ -928,12 +928,6 @@ fn validate_upstream(u: &UpstreamConfig, bad: &mut dyn FnMut(String, &str)) {
             "upstream.url",
         );
     }
-    if u.protocol == Protocol::V5 {
-        bad(
-            "\"v5\" is not supported by this version's bridge yet; use \"v4\" (MQTT 3.1.1)".into(),
-            "upstream.protocol",
-        );
-    }
     if u.cert_file.is_empty() != u.key_file.is_empty() {
         bad(
             "cert_file and key_file go together (a client certificate needs its key)".into(),

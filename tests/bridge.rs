@@ -339,3 +339,74 @@ async fn a_corrupt_buffer_file_is_moved_aside_and_the_gateway_runs() {
         });
     assert!(aside, "the corrupt file is kept aside");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_upstream_carries_readings_downlink_and_the_last_will() {
+    let s = Setup::new("");
+    let mut m = Mosquitto::start(s.dir.path());
+    let routes = r#"
+[[upstream.route]]
+filter = "cmd/#"
+direction = "in"
+qos = 1
+local_prefix = "local/"
+remote_prefix = "cloud/"
+"#;
+    let config = bridged(&s, m.port, "", routes).replace(
+        "keepalive = \"5s\"\n",
+        "keepalive = \"5s\"\nprotocol = \"v5\"\n",
+    );
+    assert!(config.contains("protocol = \"v5\""));
+    s.write(&config);
+    let up = Collector::start(m.addr(), "collector-v5", "#").await;
+    let mut d = s.start();
+    let topic = remote(&s);
+    assert!(
+        up.wait_value(&topic, 3, T).await,
+        "readings go upstream over MQTT 5:\n{}",
+        d.log_text()
+    );
+    let client_id = format!("sg-{}", s.port);
+    assert!(
+        m.log_text()
+            .lines()
+            .any(|l| l.contains(&client_id) && l.contains("(p5,")),
+        "mosquitto saw an MQTT 5 client:\n{}",
+        m.log_text()
+    );
+
+    // An outage: nothing lost over MQTT 5 either.
+    m.down();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    m.up();
+    let high = *up.values(&topic).iter().max().expect("values") + 20;
+    assert!(
+        up.wait_complete(&topic, high, T).await,
+        "drains after the outage"
+    );
+    assert_no_gaps(&up.values(&topic), "mqtt5 outage");
+
+    // Downlink.
+    let local = Sub::connect(s.addr(), "local-v5", "local/#").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.client
+        .publish("cloud/cmd/lamp", rumqttc::QoS::AtLeastOnce, false, "on")
+        .await
+        .expect("publish upstream");
+    let got = local
+        .wait_for(T, |m| m.topic == "local/cmd/lamp")
+        .await
+        .expect("the downlink message reaches a local subscriber");
+    assert_eq!(got.payload, "on");
+
+    // The Last Will after SIGKILL.
+    let status = format!("site/{}/status", s.prefix);
+    let n = up.messages().len();
+    d.kill();
+    assert!(
+        up.wait_for_after(n, T, |m| m.topic == status && m.payload == "offline")
+            .await
+            .is_some(),
+        "Last Will upstream after SIGKILL"
+    );
+}

@@ -204,6 +204,10 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let log = d.log_text();
     let line = log.lines().find(|l| refused(l)).unwrap_or_default();
     eprintln!("the refusal, as logged: {line}");
+    assert!(
+        line.contains("upstream.ca_file"),
+        "the refusal names the key to fix: {line}"
+    );
 
     // The gateway keeps running: readings go on locally, they wait in the buffer, and
     // nothing reaches the upstream.

@@ -13,6 +13,7 @@
 //! - [`session`]: the rumqttc connection, reconnects, the drain, Last Will and status.
 //! - [`tls`]: rustls client configuration.
 
+pub mod client;
 pub mod routes;
 pub mod session;
 pub mod tls;
@@ -194,6 +195,7 @@ impl Bridge {
                 .unwrap_or_else(|| format!("sensorgate-{}", gateway.id)),
             credentials,
             keepalive: cfg.keepalive,
+            v5: cfg.protocol == crate::config::Protocol::V5,
             status_topic,
             drain_rate: cfg.drain_rate,
             stop: stop.clone(),

@@ -14,13 +14,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::QoS;
 use sensorgate_api::Backoff;
 use tokio_util::sync::CancellationToken;
 
+use super::client::{self, Client, Events, Happened};
 use super::Shared;
 use crate::broker::Message;
 use crate::buffer::Row;
@@ -111,6 +109,8 @@ struct Conn {
     tokens: f64,
     last_refill: Instant,
     status_acked: bool,
+    /// Messages an MQTT 5 upstream refused in its PUBACK.
+    refused: u64,
 }
 
 impl Conn {
@@ -132,6 +132,7 @@ impl Conn {
             tokens: 0.0,
             last_refill: now,
             status_acked: false,
+            refused: 0,
         }
     }
 
@@ -154,6 +155,8 @@ pub struct Session {
     pub client_id: String,
     pub credentials: Option<(String, String)>,
     pub keepalive: Duration,
+    /// MQTT 5 instead of 3.1.1.
+    pub v5: bool,
     /// Remote form of `<prefix>/status` (Last Will and online/offline).
     pub status_topic: String,
     pub drain_rate: u32,
@@ -161,27 +164,22 @@ pub struct Session {
 }
 
 impl Session {
-    fn options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.client_id, &self.endpoint.host, self.endpoint.port);
-        o.set_keep_alive(self.keepalive.max(Duration::from_secs(1)));
-        o.set_clean_session(false);
-        o.set_inflight(WINDOW as u16);
-        o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        o.set_last_will(LastWill::new(
-            &self.status_topic,
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        if let Some((u, p)) = &self.credentials {
-            o.set_credentials(u, p);
+    fn options(&self) -> client::Options<'_> {
+        client::Options {
+            v5: self.v5,
+            client_id: &self.client_id,
+            host: &self.endpoint.host,
+            port: self.endpoint.port,
+            keepalive: self.keepalive,
+            inflight: WINDOW as u16,
+            will_topic: &self.status_topic,
+            credentials: self
+                .credentials
+                .as_ref()
+                .map(|(u, p)| (u.as_str(), p.as_str())),
+            tls: self.endpoint.tls.clone(),
+            capacity: WINDOW * 2 + 16,
         }
-        if let Some(tls) = &self.endpoint.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
-        o
     }
 
     /// Connect, drain, reconnect, until stopped.
@@ -230,7 +228,7 @@ impl Session {
     }
 
     async fn connection(&self, c: &mut Conn) -> Ended {
-        let (client, mut events) = AsyncClient::new(self.options(), WINDOW * 2 + 16);
+        let (client, mut events) = client::new(&self.options());
         let mut appended = self.shared.outbox.appended();
         let mut tick = tokio::time::interval(ACK_FLUSH);
         let mut stopping: Option<Instant> = None;
@@ -248,7 +246,7 @@ impl Session {
                             return Ended::Lost(e);
                         }
                     }
-                    Err(e) => return Ended::Lost(describe(&e)),
+                    Err(e) => return Ended::Lost(e),
                 },
                 _ = appended.changed() => {}
                 _ = tick.tick() => {}
@@ -269,14 +267,9 @@ impl Session {
         }
     }
 
-    async fn on_event(
-        &self,
-        client: &AsyncClient,
-        c: &mut Conn,
-        event: Event,
-    ) -> Result<(), String> {
+    async fn on_event(&self, client: &Client, c: &mut Conn, event: Happened) -> Result<(), String> {
         match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
+            Happened::Connected => {
                 c.connected = true;
                 c.since = Instant::now();
                 log::info!(
@@ -286,13 +279,9 @@ impl Session {
                     self.client_id
                 );
                 for (filter, q) in self.shared.routes.remote_filters() {
-                    client
-                        .try_subscribe(filter, qos(q))
-                        .map_err(|e| e.to_string())?;
+                    client.subscribe(filter, qos(q))?;
                 }
-                client
-                    .try_publish(&self.status_topic, QoS::AtLeastOnce, true, "online")
-                    .map_err(|e| e.to_string())?;
+                client.publish(&self.status_topic, QoS::AtLeastOnce, true, "online")?;
                 c.requested.push_back(Sent::Other);
                 // Everything stored now is backlog; what comes later is live.
                 let max = self
@@ -309,32 +298,48 @@ impl Session {
                 c.tokens = 0.0;
                 c.last_refill = Instant::now();
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => match c.requested.pop_front() {
+            Happened::Sent(pkid) => match c.requested.pop_front() {
                 Some(Sent::Row { id, qos: 0 }) => c.acks.push(id),
                 Some(sent) => {
                     c.inflight.insert(pkid, sent);
                 }
                 None => {}
             },
-            Event::Incoming(Packet::PubAck(ack)) => match c.inflight.remove(&ack.pkid) {
-                Some(Sent::Row { id, .. }) => c.acks.push(id),
+            Happened::Acked { pkid, refused } => match c.inflight.remove(&pkid) {
+                Some(Sent::Row { id, .. }) => {
+                    if let Some(reason) = refused {
+                        // An MQTT 5 broker that refuses a message will refuse it again:
+                        // it is dropped, not retried forever.
+                        c.refused += 1;
+                        log::error!(
+                            "upstream refused a message ({reason}); it is dropped from the \
+                             buffer ({} refused on this connection)",
+                            c.refused
+                        );
+                    }
+                    c.acks.push(id)
+                }
                 Some(Sent::Status) => c.status_acked = true,
                 _ => {}
             },
-            Event::Incoming(Packet::Publish(p)) => self.downlink(p).await,
-            _ => {}
+            Happened::Message {
+                topic,
+                payload,
+                retain,
+            } => self.downlink(topic, payload, retain).await,
+            Happened::Disconnected | Happened::Other => {}
         }
         Ok(())
     }
 
     /// A message from upstream on an in route: deliver it locally.
-    async fn downlink(&self, p: rumqttc::Publish) {
-        let Some(local) = self.shared.routes.inbound(&p.topic) else {
-            log::debug!("upstream message on {} matches no in route", p.topic);
+    async fn downlink(&self, topic: String, payload: bytes::Bytes, retain: bool) {
+        let Some(local) = self.shared.routes.inbound(&topic) else {
+            log::debug!("upstream message on {topic} matches no in route");
             return;
         };
-        self.shared.echoes.remember(&local, &p.payload);
-        let msg = Message::new(local, p.payload, p.retain);
+        self.shared.echoes.remember(&local, &payload);
+        let msg = Message::new(local, payload, retain);
         if let Err(e) = self.shared.broker.publish(vec![msg]).await {
             log::warn!("cannot deliver a message from upstream locally: {e}");
         }
@@ -342,7 +347,7 @@ impl Session {
 
     /// Hand rows to rumqttc while the window has room: live rows first, then the backlog
     /// at `drain_rate`.
-    async fn fill(&self, client: &AsyncClient, c: &mut Conn) -> Result<(), String> {
+    async fn fill(&self, client: &Client, c: &mut Conn) -> Result<(), String> {
         let now = Instant::now();
         let rate = f64::from(self.drain_rate.max(1));
         c.tokens = (c.tokens + now.duration_since(c.last_refill).as_secs_f64() * rate).min(rate);
@@ -384,9 +389,7 @@ impl Session {
             } else {
                 break;
             };
-            client
-                .try_publish(row.topic, qos(row.qos), row.retain, row.payload)
-                .map_err(|e| e.to_string())?;
+            client.publish(row.topic, qos(row.qos), row.retain, row.payload)?;
             c.requested.push_back(Sent::Row {
                 id: row.id,
                 qos: row.qos,
@@ -409,12 +412,7 @@ impl Session {
 
     /// Clean stop: `offline` on the status topic (retained, acknowledged or a short
     /// deadline), then DISCONNECT (so the broker does not publish the Last Will).
-    async fn goodbye(
-        &self,
-        client: &AsyncClient,
-        events: &mut rumqttc::EventLoop,
-        c: &mut Conn,
-    ) -> Ended {
+    async fn goodbye(&self, client: &Client, events: &mut Events, c: &mut Conn) -> Ended {
         self.flush_acks(c).await;
         if c.in_flight() > 0 {
             log::info!(
@@ -423,7 +421,7 @@ impl Session {
             );
         }
         if client
-            .try_publish(&self.status_topic, QoS::AtLeastOnce, true, "offline")
+            .publish(&self.status_topic, QoS::AtLeastOnce, true, "offline")
             .is_ok()
         {
             c.requested.push_back(Sent::Status);
@@ -432,11 +430,11 @@ impl Session {
         let mut disconnecting = false;
         while Instant::now() < deadline {
             if c.status_acked && !disconnecting {
-                let _ = client.try_disconnect();
+                let _ = client.disconnect();
                 disconnecting = true;
             }
             match tokio::time::timeout_at(deadline.into(), events.poll()).await {
-                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
+                Ok(Ok(Happened::Disconnected)) => break,
                 Ok(Ok(event)) => {
                     let _ = self.on_event(client, c, event).await;
                 }
@@ -446,13 +444,6 @@ impl Session {
         self.flush_acks(c).await;
         log::info!("upstream disconnected");
         Ended::Stopped
-    }
-}
-
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => format!("connection refused: {code:?}"),
-        other => other.to_string(),
     }
 }
 

@@ -233,13 +233,12 @@ fn device_names_are_unique_and_plugins_known() {
     assert_eq!(e[0].path, "device[1].name");
     assert!(e[0].message.contains("unique"));
 
-    let d = Dir::new("[[device]]\nname = \"m\"\nplugin = \"onewire\"\n");
+    let d = Dir::new("[[device]]\nname = \"m\"\nplugin = \"zigbee\"\n");
     let e = d.errors(&[]);
-    assert!(
-        e[0].message.contains("not built into this binary"),
-        "{}",
-        e[0]
-    );
+    assert_eq!(e[0].path, "device[0].plugin");
+    assert!(e[0].message.contains("unknown plugin"), "{}", e[0]);
+    // A first-party plugin left out of a build is named as such.
+    assert!(crate::plugins::unknown_message("onewire").contains("onewire"));
 }
 
 #[test]
@@ -258,6 +257,15 @@ fn a_point_may_not_take_the_availability_topic() {
 }
 
 #[test]
+fn upstream_protocol_is_v4_or_v5() {
+    let d = Dir::new("[upstream]\nurl = \"mqtt://h\"\nprotocol = \"v6\"\n");
+    let e = d.errors(&[]);
+    assert_eq!(e[0].path, "upstream.protocol", "{}", e[0]);
+    let d = Dir::new("[upstream]\nurl = \"mqtt://h\"\nprotocol = \"v5\"\n");
+    assert!(d.load(&[]).is_ok());
+}
+
+#[test]
 fn upstream_keys_are_checked() {
     let d = Dir::new(
         r#"
@@ -273,7 +281,6 @@ local_prefix = "x/+"
     let paths: Vec<String> = d.errors(&[]).into_iter().map(|e| e.path).collect();
     for want in [
         "upstream.url",
-        "upstream.protocol",
         "upstream.key_file",
         "upstream.route[0].filter",
         "upstream.route[0].local_prefix",
