@@ -123,8 +123,8 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
             }
             if config.buffer.durability == crate::config::Durability::Offline {
                 log::info!(
-                    "buffer.durability = \"offline\": this version still commits every \
-                     message bound upstream to disk first, as \"always\" does"
+                    "buffer.durability = \"offline\": messages bound upstream wait in \
+                     memory while the uplink is up, on disk while it is down"
                 );
             }
             Some(Bridge::start(

@@ -193,6 +193,9 @@ impl Session {
             let mut conn = Conn::new();
             let ended = self.connection(&mut conn).await;
             self.flush_acks(&mut conn).await;
+            if conn.connected {
+                self.shared.outbox.set_uplink(false).await;
+            }
             match ended {
                 Ended::Stopped => return,
                 Ended::Lost(e) => {
@@ -271,6 +274,7 @@ impl Session {
         match event {
             Happened::Connected => {
                 c.connected = true;
+                self.shared.outbox.set_uplink(true).await;
                 c.since = Instant::now();
                 log::info!(
                     "upstream connected: {}:{} as {}",

@@ -11,15 +11,22 @@
 //! the file (`buffer stats` shows it) and logged as ERROR once per burst: it is data lost.
 //! A database that cannot be opened or fails its check is moved aside and a new one
 //! started (ERROR in the log); the daemon keeps running.
+//!
+//! `durability = "offline"`: while the uplink is up (the session says so with
+//! [`Outbox::set_uplink`]) new messages are kept in memory, with ids from the same
+//! sequence, and peeked and acknowledged like rows; when the uplink goes down, when more
+//! than [`MEMORY_MAX_ROWS`] wait, and at close, they are written to the file. A SIGKILL
+//! while the uplink is up loses what was in memory: that is the trade.
 
 mod store;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{BufferConfig, OnFull};
+use crate::config::{BufferConfig, Durability, OnFull};
 pub use store::Stats;
 use store::Store;
 
@@ -27,6 +34,8 @@ use store::Store;
 pub const FILE_NAME: &str = "buffer.db";
 /// Appends taken into one transaction at most.
 const MAX_GROUP: usize = 10_000;
+/// `durability = "offline"`: messages kept in memory at most, before they go to disk.
+pub const MEMORY_MAX_ROWS: usize = 10_000;
 /// How often rows past `max_age` are dropped and the totals re-read.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// At most one ERROR line per burst of drops of this length.
@@ -95,6 +104,7 @@ enum Op {
     Ack(Vec<i64>, oneshot::Sender<Result<(), BufferError>>),
     MaxId(oneshot::Sender<Result<i64, BufferError>>),
     Stats(oneshot::Sender<Result<Stats, BufferError>>),
+    Uplink(bool),
     Close(oneshot::Sender<()>),
 }
 
@@ -128,9 +138,15 @@ impl Outbox {
             max_age: cfg.max_age,
             on_full: cfg.on_full,
             drops: DropLog::default(),
+            keep_in_memory: cfg.durability == Durability::Offline,
+            uplink_up: false,
+            memory: BTreeMap::new(),
+            next_id: 1,
         };
         task.prune().await;
-        let _ = task.appended.send(task.store.max_id().await.unwrap_or(0));
+        let max = task.store.max_id().await.unwrap_or(0);
+        task.next_id = max + 1;
+        let _ = task.appended.send(max);
         tokio::spawn(task.run());
         Ok(Outbox { ops, appended })
     }
@@ -203,6 +219,13 @@ impl Outbox {
         self.call(Op::Stats).await
     }
 
+    /// The uplink came up (`true`) or went down. With `durability = "offline"` this
+    /// decides whether new messages wait in memory or on disk; going down writes what
+    /// is in memory to disk.
+    pub async fn set_uplink(&self, up: bool) {
+        let _ = self.ops.send(Op::Uplink(up)).await;
+    }
+
     /// A receiver that changes whenever rows are committed.
     pub fn appended(&self) -> watch::Receiver<i64> {
         self.appended.clone()
@@ -264,6 +287,13 @@ struct Task {
     max_age: Duration,
     on_full: OnFull,
     drops: DropLog,
+    /// `durability = "offline"`.
+    keep_in_memory: bool,
+    uplink_up: bool,
+    /// Messages kept in memory by id, with their creation time.
+    memory: BTreeMap<i64, (NewMessage, i64)>,
+    /// The id the next message gets (memory and file share one sequence).
+    next_id: i64,
 }
 
 impl Task {
@@ -304,7 +334,14 @@ impl Task {
                             Err(_) => break,
                         }
                     }
-                    self.append_group(group).await;
+                    if self.keep_in_memory && self.uplink_up {
+                        self.keep(group);
+                        if self.memory.len() > MEMORY_MAX_ROWS {
+                            self.spill().await;
+                        }
+                    } else {
+                        self.append_group(group).await;
+                    }
                 }
                 Op::Peek {
                     after,
@@ -312,10 +349,17 @@ impl Task {
                     limit,
                     reply,
                 } => {
-                    let _ = reply.send(self.store.peek(after, up_to, limit).await);
+                    let _ = reply.send(self.peek(after, up_to, limit).await);
                 }
-                Op::Ack(ids, reply) => {
-                    let r = self.store.delete(&ids).await;
+                Op::Ack(mut ids, reply) => {
+                    if !self.memory.is_empty() {
+                        ids.retain(|id| self.memory.remove(id).is_none());
+                    }
+                    let r = if ids.is_empty() {
+                        Ok(())
+                    } else {
+                        self.store.delete(&ids).await
+                    };
                     if let Err(e) = &r {
                         if reply.is_closed() {
                             log::warn!("buffer: cannot delete acknowledged messages: {e}");
@@ -324,12 +368,20 @@ impl Task {
                     let _ = reply.send(r);
                 }
                 Op::MaxId(reply) => {
-                    let _ = reply.send(self.store.max_id().await);
+                    let r = self.store.max_id().await.map(|m| m.max(self.next_id - 1));
+                    let _ = reply.send(r);
+                }
+                Op::Uplink(up) => {
+                    self.uplink_up = up;
+                    if !up {
+                        self.spill().await;
+                    }
                 }
                 Op::Stats(reply) => {
                     let _ = reply.send(self.store.stats().await);
                 }
                 Op::Close(reply) => {
+                    self.spill().await;
                     self.drops.maybe_log(true);
                     self.store.close().await;
                     let _ = reply.send(());
@@ -337,8 +389,87 @@ impl Task {
                 }
             }
         }
+        self.spill().await;
         self.drops.maybe_log(true);
         self.store.close().await;
+    }
+
+    /// Rows from the file and from memory with `after < id <= up_to`, oldest first.
+    async fn peek(
+        &mut self,
+        after: i64,
+        up_to: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Row>, BufferError> {
+        let mut rows = self.store.peek(after, up_to, limit).await?;
+        if self.memory.is_empty() {
+            return Ok(rows);
+        }
+        let hi = up_to.unwrap_or(i64::MAX);
+        if after >= hi {
+            return Ok(rows);
+        }
+        let n = usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.extend(
+            self.memory
+                .range(after + 1..=hi)
+                .take(n)
+                .map(|(id, (m, _))| Row {
+                    id: *id,
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    qos: m.qos,
+                    retain: m.retain,
+                }),
+        );
+        rows.sort_by_key(|r| r.id);
+        rows.truncate(n);
+        Ok(rows)
+    }
+
+    /// Keep messages in memory (`durability = "offline"`, uplink up).
+    fn keep(&mut self, group: Vec<(Vec<NewMessage>, Reply)>) {
+        let now = now_ms();
+        for (messages, reply) in group {
+            let n = messages.len();
+            for m in messages {
+                self.memory.insert(self.next_id, (m, now));
+                self.next_id += 1;
+            }
+            let _ = reply.send(Ok(Appended {
+                stored: n,
+                ..Appended::default()
+            }));
+        }
+        let _ = self.appended.send(self.next_id - 1);
+    }
+
+    /// Write what is kept in memory to the file, with its ids and times.
+    async fn spill(&mut self) {
+        if self.memory.is_empty() {
+            return;
+        }
+        let kept = std::mem::take(&mut self.memory);
+        let n = kept.len();
+        let ids: Vec<(i64, i64)> = kept.iter().map(|(id, (_, t))| (*id, *t)).collect();
+        let messages: Vec<NewMessage> = kept.into_values().map(|(m, _)| m).collect();
+        match self
+            .store
+            .append_kept(messages, &ids, self.max_bytes, self.on_full)
+            .await
+        {
+            Ok(r) => {
+                let rejected = r.stored_flags.iter().filter(|s| !**s).count();
+                if r.dropped_oldest > 0 || rejected > 0 {
+                    self.drops.add(r.dropped_oldest as u64, rejected as u64, 0);
+                }
+                log::debug!("buffer: {n} message(s) kept in memory written to disk");
+            }
+            Err(e) => log::error!(
+                "buffer: {n} message(s) bound upstream are lost: cannot write them \
+                 to disk: {e}"
+            ),
+        }
     }
 }
 
@@ -377,6 +508,7 @@ impl Task {
                 if total_dropped > 0 || rejected > 0 {
                     self.drops.add(total_dropped as u64, rejected as u64, 0);
                 }
+                self.next_id = self.next_id.max(per_message.max_id + 1);
                 let _ = self.appended.send(per_message.max_id);
             }
             Err(e) => {
@@ -394,6 +526,12 @@ impl Task {
 
     async fn prune(&mut self) {
         let cutoff = now_ms() - i64::try_from(self.max_age.as_millis()).unwrap_or(i64::MAX);
+        let before = self.memory.len();
+        self.memory.retain(|_, (_, created)| *created >= cutoff);
+        let expired = (before - self.memory.len()) as u64;
+        if expired > 0 {
+            self.drops.add(0, 0, expired);
+        }
         match self.store.drop_older_than(cutoff).await {
             Ok(n) if n > 0 => self.drops.add(0, 0, n),
             Ok(_) => {}
@@ -421,4 +559,109 @@ pub async fn purge(state_dir: &Path) -> Result<u64, BufferError> {
     }
     let mut conn = store::connect_existing(&path).await?;
     store::purge(&mut conn, &path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u32) -> NewMessage {
+        NewMessage {
+            topic: format!("t/{i}"),
+            payload: i.to_string().into_bytes(),
+            qos: 1,
+            retain: false,
+        }
+    }
+
+    fn ids(rows: &[Row]) -> Vec<i64> {
+        rows.iter().map(|r| r.id).collect()
+    }
+
+    async fn on_disk(dir: &Path) -> i64 {
+        stats_of(dir)
+            .await
+            .expect("stats")
+            .map(|s| s.count)
+            .unwrap_or(0)
+    }
+
+    async fn offline_outbox(dir: &Path) -> Outbox {
+        let cfg = BufferConfig {
+            durability: Durability::Offline,
+            ..BufferConfig::default()
+        };
+        Outbox::open(dir, &cfg).await.expect("open")
+    }
+
+    #[tokio::test]
+    async fn offline_durability_keeps_messages_in_memory_while_the_uplink_is_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = offline_outbox(dir.path()).await;
+        // Down at first: to disk.
+        o.append(vec![msg(1)]).await.expect("append");
+        assert_eq!(on_disk(dir.path()).await, 1);
+
+        o.set_uplink(true).await;
+        let a = o
+            .append(vec![msg(2), msg(3), msg(4)])
+            .await
+            .expect("append");
+        assert_eq!(a.stored, 3);
+        assert_eq!(
+            on_disk(dir.path()).await,
+            1,
+            "nothing more written while up"
+        );
+        assert_eq!(*o.appended().borrow(), 4);
+        assert_eq!(o.max_id().await.expect("max"), 4);
+        let rows = o.peek(0, None, 10).await.expect("peek");
+        assert_eq!(ids(&rows), [1, 2, 3, 4]);
+        assert_eq!(rows[2].topic, "t/3");
+        assert_eq!(ids(&o.peek(1, Some(3), 10).await.expect("peek")), [2, 3]);
+        assert_eq!(ids(&o.peek(0, None, 2).await.expect("peek")), [1, 2]);
+
+        // Acknowledged, from memory and from disk alike.
+        o.ack(vec![1, 2]).await.expect("ack");
+        assert_eq!(ids(&o.peek(0, None, 10).await.expect("peek")), [3, 4]);
+        assert_eq!(on_disk(dir.path()).await, 0);
+
+        // The uplink goes down: what is in memory goes to disk, same ids.
+        o.set_uplink(false).await;
+        assert_eq!(ids(&o.peek(0, None, 10).await.expect("peek")), [3, 4]);
+        assert_eq!(on_disk(dir.path()).await, 2);
+        o.append(vec![msg(5)]).await.expect("append");
+        assert_eq!(ids(&o.peek(0, None, 10).await.expect("peek")), [3, 4, 5]);
+        o.close().await;
+    }
+
+    #[tokio::test]
+    async fn what_is_in_memory_is_written_at_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = offline_outbox(dir.path()).await;
+        o.set_uplink(true).await;
+        o.append(vec![msg(1), msg(2)]).await.expect("append");
+        assert_eq!(on_disk(dir.path()).await, 0);
+        o.close().await;
+        assert_eq!(on_disk(dir.path()).await, 2);
+
+        // Reopened: the ids go on after the ones written.
+        let o = offline_outbox(dir.path()).await;
+        o.set_uplink(true).await;
+        o.append(vec![msg(3)]).await.expect("append");
+        assert_eq!(ids(&o.peek(0, None, 10).await.expect("peek")), [1, 2, 3]);
+        o.close().await;
+    }
+
+    #[tokio::test]
+    async fn always_durability_writes_while_the_uplink_is_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Outbox::open(dir.path(), &BufferConfig::default())
+            .await
+            .expect("open");
+        o.set_uplink(true).await;
+        o.append(vec![msg(1)]).await.expect("append");
+        assert_eq!(on_disk(dir.path()).await, 1);
+        o.close().await;
+    }
 }

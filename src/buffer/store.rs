@@ -161,6 +161,31 @@ impl Store {
         max_bytes: u64,
         on_full: OnFull,
     ) -> Result<AppendResult, BufferError> {
+        self.append_with(messages, None, now, max_bytes, on_full)
+            .await
+    }
+
+    /// Like `append`, for rows that already have an id and a creation time (messages
+    /// kept in memory, written out): `kept[i]` is `(id, created_ms)` of `messages[i]`.
+    pub async fn append_kept(
+        &mut self,
+        messages: Vec<NewMessage>,
+        kept: &[(i64, i64)],
+        max_bytes: u64,
+        on_full: OnFull,
+    ) -> Result<AppendResult, BufferError> {
+        self.append_with(messages, Some(kept), now_ms(), max_bytes, on_full)
+            .await
+    }
+
+    async fn append_with(
+        &mut self,
+        messages: Vec<NewMessage>,
+        kept: Option<&[(i64, i64)]>,
+        now: i64,
+        max_bytes: u64,
+        on_full: OnFull,
+    ) -> Result<AppendResult, BufferError> {
         let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let size = |m: &NewMessage| (m.topic.len() + m.payload.len()) as i64;
         let mut flags = Vec::with_capacity(messages.len());
@@ -209,21 +234,32 @@ impl Store {
         }
         // Many rows per INSERT: each statement is a round trip to sqlx's SQLite thread,
         // which costs more than SQLite's own work for a row.
-        let fitting: Vec<&NewMessage> = messages
+        let fitting: Vec<(&NewMessage, Option<(i64, i64)>)> = messages
             .iter()
+            .enumerate()
             .zip(&flags)
-            .filter_map(|(m, fits)| fits.then_some(m))
+            .filter(|(_, fits)| **fits)
+            .map(|((i, m), _)| (m, kept.and_then(|k| k.get(i).copied())))
             .collect();
         for chunk in fitting.chunks(ROWS_PER_INSERT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO outbox (topic, payload, qos, retain, created_ms) ",
-            );
-            q.push_values(chunk, |mut row, m| {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(if kept.is_some() {
+                "INSERT INTO outbox (topic, payload, qos, retain, created_ms, id) "
+            } else {
+                "INSERT INTO outbox (topic, payload, qos, retain, created_ms) "
+            });
+            q.push_values(chunk, |mut row, (m, kept)| {
                 row.push_bind(m.topic.as_str())
                     .push_bind(m.payload.as_slice())
                     .push_bind(i64::from(m.qos))
-                    .push_bind(m.retain)
-                    .push_bind(now);
+                    .push_bind(m.retain);
+                match kept {
+                    Some((id, created)) => {
+                        row.push_bind(*created).push_bind(*id);
+                    }
+                    None => {
+                        row.push_bind(now);
+                    }
+                }
             });
             q.build().execute(&mut *tx).await.map_err(db_err(&path))?;
         }

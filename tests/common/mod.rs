@@ -457,6 +457,8 @@ impl Drop for Mosquitto {
 /// so it sees everything across broker restarts.
 pub struct Collector {
     got: Arc<Mutex<Vec<Msg>>>,
+    /// SUBACKs received: one per (re)connection.
+    subacks: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
     pub client: AsyncClient,
 }
@@ -471,6 +473,8 @@ impl Collector {
         let g = got.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready = Some(ready_tx);
+        let subacks: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let acks = subacks.clone();
         let sub = client.clone();
         let filter = filter.to_string();
         let task = tokio::spawn(async move {
@@ -480,6 +484,7 @@ impl Collector {
                         let _ = sub.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
@@ -498,7 +503,30 @@ impl Collector {
             .await
             .expect("collector subscribed")
             .expect("collector task");
-        Collector { got, task, client }
+        Collector {
+            got,
+            subacks,
+            task,
+            client,
+        }
+    }
+
+    /// How many times it has subscribed (once per connection).
+    pub fn subscriptions(&self) -> usize {
+        self.subacks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait until it has subscribed more than `seen` times: reconnected after a broker
+    /// restart.
+    pub async fn wait_resubscribed(&self, seen: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.subscriptions() <= seen {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     pub fn messages(&self) -> Vec<Msg> {
