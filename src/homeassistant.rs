@@ -436,14 +436,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writable_points_get_a_command_topic() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let configured = [point("setpoint", true), point("pump", true)]
-            .into_iter()
-            .map(|p| (p.name.clone(), p))
-            .collect();
-        let mut d = Discovery {
+    /// Discovery for gateway `gw` (topic prefix `sg`) with one modbus device `boiler`.
+    fn boiler(points: Vec<PointInfo>, dir: &Path) -> Discovery {
+        let configured = points.into_iter().map(|p| (p.name.clone(), p)).collect();
+        Discovery {
             prefix: "homeassistant".into(),
             topics: Topics::new("sg"),
             gateway_id: "gw".into(),
@@ -458,8 +454,17 @@ mod tests {
                 },
             )]),
             remembered: Remembered::default(),
-            state_file: dir.path().join(STATE_FILE),
-        };
+            state_file: dir.join(STATE_FILE),
+        }
+    }
+
+    #[test]
+    fn writable_points_get_a_command_topic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut d = boiler(
+            vec![point("setpoint", true), point("pump", true)],
+            dir.path(),
+        );
         let readings = [
             Reading::new("boiler".into(), "setpoint".into(), Value::Float(55.0))
                 .with_unit(Some("°C".into())),
@@ -491,31 +496,15 @@ mod tests {
     #[test]
     fn a_twenty_point_device_is_one_message() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let configured = (0..20)
+        let points = (0..20)
             .map(|i| {
                 let mut p = point(&format!("temperature_{i:02}"), false);
                 p.device_class = Some("temperature".into());
                 p.state_class = Some("measurement".into());
-                (p.name.clone(), p)
+                p
             })
             .collect();
-        let mut d = Discovery {
-            prefix: "homeassistant".into(),
-            topics: Topics::new("sensorgate"),
-            gateway_id: "pi-livingroom".into(),
-            gateway_object: "sensorgate_pi_livingroom".into(),
-            devices: HashMap::from([(
-                Arc::from("boiler"),
-                Device {
-                    plugin: "modbus".into(),
-                    configured,
-                    seen: BTreeMap::new(),
-                    announced: false,
-                },
-            )]),
-            remembered: Remembered::default(),
-            state_file: dir.path().join(STATE_FILE),
-        };
+        let mut d = boiler(points, dir.path());
         let readings: Vec<Reading> = (0..20)
             .map(|i| {
                 Reading::new(

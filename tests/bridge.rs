@@ -56,6 +56,29 @@ fn assert_no_gaps(values: &[i64], what: &str) -> usize {
     dups
 }
 
+/// An outage: the upstream down for `pause`, then up again; waits until `more` values past
+/// the highest seen have arrived, with nothing missing.
+async fn outage(m: &mut Mosquitto, up: &Collector, topic: &str, pause: Duration, more: i64) {
+    m.down();
+    tokio::time::sleep(pause).await;
+    m.up();
+    let high = *up.values(topic).iter().max().expect("values") + more;
+    assert!(
+        up.wait_complete(topic, high, T).await,
+        "drains after the outage: missing {:?}",
+        gaps_and_duplicates(&up.values(topic)).0
+    );
+}
+
+/// Wait until `value` arrived upstream on `topic`; fail with the gateway's log.
+async fn assert_arrives(up: &Collector, topic: &str, value: i64, d: &Daemon) {
+    assert!(
+        up.wait_value(topic, value, T).await,
+        "{value} does not arrive upstream:\n{}",
+        d.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outages_and_broker_restarts_lose_nothing() {
     let s = Setup::new("");
@@ -64,21 +87,10 @@ async fn outages_and_broker_restarts_lose_nothing() {
     let up = Collector::start(m.addr(), "collector-1", "site/#").await;
     let mut d = s.start();
     let topic = remote(&s);
-    assert!(
-        up.wait_value(&topic, 5, T).await,
-        "readings go upstream:\n{}",
-        d.log_text()
-    );
+    assert_arrives(&up, &topic, 5, &d).await;
 
     // A long outage: everything produced meanwhile waits in the buffer.
-    m.down();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    m.up();
-    let high = *up.values(&topic).iter().max().expect("values") + 40;
-    assert!(
-        up.wait_complete(&topic, high, T).await,
-        "drains after the outage"
-    );
+    outage(&mut m, &up, &topic, Duration::from_secs(3), 40).await;
 
     // Restarts in a row, under load.
     for _ in 0..5 {
@@ -386,11 +398,7 @@ remote_prefix = "cloud/"
     let up = Collector::start(m.addr(), "collector-v5", "#").await;
     let mut d = s.start();
     let topic = remote(&s);
-    assert!(
-        up.wait_value(&topic, 3, T).await,
-        "readings go upstream over MQTT 5:\n{}",
-        d.log_text()
-    );
+    assert_arrives(&up, &topic, 3, &d).await;
     let client_id = format!("sg-{}", s.port);
     assert!(
         m.log_text()
@@ -401,15 +409,7 @@ remote_prefix = "cloud/"
     );
 
     // An outage: nothing lost over MQTT 5 either.
-    m.down();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    m.up();
-    let high = *up.values(&topic).iter().max().expect("values") + 20;
-    assert!(
-        up.wait_complete(&topic, high, T).await,
-        "drains after the outage"
-    );
-    assert_no_gaps(&up.values(&topic), "mqtt5 outage");
+    outage(&mut m, &up, &topic, Duration::from_secs(2), 20).await;
 
     // Downlink.
     let local = Sub::connect(s.addr(), "local-v5", "local/#").await;
@@ -444,11 +444,7 @@ async fn offline_durability_writes_to_disk_only_while_the_uplink_is_down() {
     let up = Collector::start(m.addr(), "collector-offline", "site/#").await;
     let mut d = s.start();
     let topic = remote(&s);
-    assert!(
-        up.wait_value(&topic, 10, T).await,
-        "readings go upstream:\n{}",
-        d.log_text()
-    );
+    assert_arrives(&up, &topic, 10, &d).await;
     // Up: readings wait in memory until their PUBACK; the file holds nothing, and its
     // id sequence (which every row written advances) stays where the first readings,
     // taken before the uplink came up, left it.

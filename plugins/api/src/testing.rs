@@ -71,6 +71,31 @@ impl Run {
     }
 }
 
+/// A context for `device` as the daemon makes one, with the other ends of its channels.
+fn context(
+    device: &str,
+    state_dir: &Path,
+    events: usize,
+) -> (
+    AdapterContext,
+    mpsc::Receiver<DeviceEvent>,
+    mpsc::Sender<Command>,
+    CancellationToken,
+) {
+    let (events_tx, events_rx) = mpsc::channel(events);
+    let (commands_tx, commands_rx) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let ctx = AdapterContext::new(
+        Arc::from(device),
+        POLL,
+        state_dir.to_path_buf(),
+        cancel.clone(),
+        events_tx,
+        commands_rx,
+    );
+    (ctx, events_rx, commands_tx, cancel)
+}
+
 /// Run `adapter` with a [`POLL`] interval on `state_dir`. A task plays the daemon: it
 /// answers batch `i` with `ack(i)` and cancels the run once `batches` batches came (or
 /// at the first one it does not acknowledge). It keeps draining until the context is
@@ -85,18 +110,9 @@ pub async fn run(
     batches: usize,
     ack: impl Fn(usize) -> Ack + Send + 'static,
 ) -> Run {
-    let (events_tx, mut events_rx) = mpsc::channel(16);
-    // Kept open for the whole run: a closed command channel stops the poll loop.
-    let (commands_tx, commands_rx) = mpsc::channel(1);
-    let cancel = CancellationToken::new();
-    let mut ctx = AdapterContext::new(
-        Arc::from(device),
-        POLL,
-        state_dir.to_path_buf(),
-        cancel.clone(),
-        events_tx,
-        commands_rx,
-    );
+    // `commands_tx` is kept open for the whole run: a closed command channel stops the
+    // poll loop.
+    let (mut ctx, mut events_rx, commands_tx, cancel) = context(device, state_dir, 16);
     let daemon = tokio::spawn(async move {
         let mut got = Vec::new();
         let mut availability = Vec::new();
@@ -153,17 +169,7 @@ pub struct Running {
 /// Spawn `adapter` on device `device` with a [`POLL`] interval on `state_dir`. Every
 /// batch of readings is acknowledged as soon as it is read with [`Running::next`].
 pub fn start(mut adapter: Box<dyn Adapter>, device: &str, state_dir: &Path) -> Running {
-    let (events_tx, events) = mpsc::channel(64);
-    let (commands, commands_rx) = mpsc::channel(16);
-    let cancel = CancellationToken::new();
-    let mut ctx = AdapterContext::new(
-        Arc::from(device),
-        POLL,
-        state_dir.to_path_buf(),
-        cancel.clone(),
-        events_tx,
-        commands_rx,
-    );
+    let (mut ctx, events, commands, cancel) = context(device, state_dir, 64);
     let task = tokio::spawn(async move { adapter.run(&mut ctx).await });
     Running {
         events,
