@@ -366,11 +366,7 @@ mod tests {
         for (bad, expected) in cases {
             let text = format!("# users\n{good}\n\n{bad}\n");
             let (line, message) = line_error(&text);
-            if expected == "appears twice" {
-                assert_eq!(line, 4, "{message}");
-            } else {
-                assert_eq!(line, 4, "{bad}: {message}");
-            }
+            assert_eq!(line, 4, "{bad}: {message}");
             assert!(message.contains(expected), "{bad}: {message}");
             assert!(
                 !message.contains(hash) && !message.contains(salt),
