@@ -972,7 +972,7 @@ fn validate_upstream(u: &UpstreamConfig, bad: &mut dyn FnMut(String, &str)) {
 }
 
 /// Point names whose topic the gateway uses itself.
-const RESERVED_POINTS: &[&str] = &["availability"];
+pub(crate) const RESERVED_POINTS: &[&str] = &["availability"];
 
 /// Take the keys common to every device out of its table and hand the rest to its plugin.
 fn build_device(

@@ -92,6 +92,8 @@ pub struct Stats {
     pub published: u64,
     /// Bad-quality or non-finite readings that were not published as values.
     pub skipped: u64,
+    /// Readings on a point name the daemon keeps for itself (`availability`).
+    pub reserved: u64,
     /// Devices that said they were online at some point.
     pub devices_seen: BTreeSet<Arc<str>>,
 }
@@ -107,6 +109,23 @@ fn messages(topics: &Topics, readings: &[Reading], stats: &mut Stats) -> Vec<Mes
                 r.device,
                 r.point
             );
+            continue;
+        }
+        if crate::config::RESERVED_POINTS.contains(&&*r.point) {
+            // Plugins that learn point names from the device (serial, exec) could name
+            // one after the device's own topic; it would overwrite the availability.
+            stats.skipped += 1;
+            stats.reserved += 1;
+            if stats.reserved.is_power_of_two() {
+                log::warn!(
+                    "device {}: a reading named {:?} is not published: \
+                     <prefix>/<device>/{} is the device's own topic ({} so far)",
+                    r.device,
+                    r.point,
+                    r.point,
+                    stats.reserved
+                );
+            }
             continue;
         }
         if !r.value.is_publishable() {
@@ -299,5 +318,10 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert!(m[0].retain);
         assert_eq!(stats.skipped, 2);
+
+        // A point named after the device's own topic would overwrite it.
+        let own = Reading::new("boiler".into(), "availability".into(), Value::Int(1));
+        assert!(messages(&t, &[own], &mut stats).is_empty());
+        assert_eq!(stats.skipped, 3);
     }
 }
