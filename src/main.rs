@@ -110,7 +110,12 @@ fn real_main(cmd: Cmd) -> anyhow::Result<()> {
                 env!("CARGO_PKG_VERSION"),
                 config.display()
             );
-            runtime()?.block_on(app::run(cfg))?;
+            let rt = runtime()?;
+            let result = rt.block_on(app::run(cfg));
+            // A plugin stuck in a blocking-pool task (a read that never returns) must not
+            // keep the process from exiting: dropping the runtime would wait for it.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
             Ok(())
         }
         Cmd::Check { config } => {
