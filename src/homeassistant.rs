@@ -363,13 +363,22 @@ impl Discovery {
                 c.insert("unit_of_measurement".into(), unit.to_string().into());
             }
         }
-        if let Some(i) = info {
-            if let Some(dc) = &i.device_class {
-                c.insert("device_class".into(), dc.clone().into());
-            }
-            if let Some(sc) = &i.state_class {
-                c.insert("state_class".into(), sc.clone().into());
-            }
+        let (mut device_class, mut state_class) = info
+            .map(|i| (i.device_class.clone(), i.state_class.clone()))
+            .unwrap_or_default();
+        // A point the config does not list (plugins that find their points, such as
+        // onewire or serial): a temperature unit says what it is.
+        let temperature = matches!(seen.unit.as_deref(), Some("°C" | "°F" | "K"));
+        if info.is_none() && seen.kind == Kind::Number && temperature {
+            device_class = Some("temperature".into());
+            state_class = Some("measurement".into());
+        }
+        // An empty class in the config means none.
+        if let Some(dc) = device_class.filter(|d| !d.is_empty()) {
+            c.insert("device_class".into(), dc.into());
+        }
+        if let Some(sc) = state_class.filter(|s| !s.is_empty()) {
+            c.insert("state_class".into(), sc.into());
         }
         Json::Object(c)
     }
@@ -488,6 +497,21 @@ mod tests {
         assert_eq!(pump["state_on"], "ON");
         // The same points again: nothing new to announce.
         assert!(d.observe(&readings).is_empty());
+
+        // A point the config does not list, with a temperature unit (a 1-wire sensor
+        // found at run time): a temperature measurement.
+        let found = Reading::new(
+            "boiler".into(),
+            "28-0316a2794bff".into(),
+            Value::Float(21.1),
+        )
+        .with_unit(Some("°C".into()));
+        let out = d.observe(&[found]);
+        let c: Json = serde_json::from_slice(&out[0].payload).expect("json");
+        let t = &c["cmps"]["28-0316a2794bff"];
+        assert_eq!(t["device_class"], "temperature");
+        assert_eq!(t["state_class"], "measurement");
+        assert!(c["cmps"]["setpoint"].get("device_class").is_none());
         assert!(dir.path().join(STATE_FILE).exists());
     }
 
