@@ -4,19 +4,18 @@
 //! as the server is stopped and started again.
 
 mod common;
+/// The fake Modbus device of the plugin's own tests (std, tokio and tokio-modbus only).
+#[path = "../plugins/modbus/tests/common/device.rs"]
+mod device;
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use device::{State, TcpDevice, Unit};
 use rumqttc::QoS;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+use tokio_modbus::Request;
 
 /// Every wait is bounded by this.
 const T: Duration = Duration::from_secs(10);
@@ -24,156 +23,20 @@ const T: Duration = Duration::from_secs(10);
 /// The unit id the device answers to; any other stays silent, like a wrong id on a line.
 const UNIT: u8 = 1;
 
-/// The register map of a small boiler controller. A register or bit not in a map does
-/// not exist: reading or writing it is an "illegal data address" exception.
-#[derive(Debug, Default)]
-struct Registers {
-    holding: BTreeMap<u16, u16>,
-    input: BTreeMap<u16, u16>,
-    coils: BTreeMap<u16, bool>,
-    discrete: BTreeMap<u16, bool>,
-    /// Every write request, in order.
-    writes: Vec<Request<'static>>,
-}
-
-impl Registers {
-    fn boiler() -> Registers {
-        let mut r = Registers::default();
-        // flow_temperature: f32 21.5 = 0x41AC0000 at 100..101 (ABCD).
-        r.holding.insert(100, 0x41AC);
-        r.holding.insert(101, 0x0000);
-        // setpoint: i16 205 x 0.1 = 20.5 °C, writable.
-        r.holding.insert(102, 205);
-        // firmware: u16 7, read-only.
-        r.holding.insert(103, 7);
-        // outdoor: 615 x 0.1 - 40 = 21.5 °C.
-        r.input.insert(0, 615);
-        // pump: a writable coil, off.
-        r.coils.insert(0, false);
-        // alarm: a discrete input, on.
-        r.discrete.insert(0, true);
-        r
-    }
-
-    /// Answer one request as the device would.
-    fn answer(&mut self, req: Request<'static>) -> Result<Response, ExceptionCode> {
-        fn words(m: &BTreeMap<u16, u16>, a: u16, n: u16) -> Result<Vec<u16>, ExceptionCode> {
-            (a..a.saturating_add(n))
-                .map(|i| m.get(&i).copied().ok_or(ExceptionCode::IllegalDataAddress))
-                .collect()
-        }
-        fn bits(m: &BTreeMap<u16, bool>, a: u16, n: u16) -> Result<Vec<bool>, ExceptionCode> {
-            (a..a.saturating_add(n))
-                .map(|i| m.get(&i).copied().ok_or(ExceptionCode::IllegalDataAddress))
-                .collect()
-        }
-        if matches!(
-            req,
-            Request::WriteSingleRegister(..)
-                | Request::WriteMultipleRegisters(..)
-                | Request::WriteSingleCoil(..)
-        ) {
-            self.writes.push(req.clone());
-        }
-        Ok(match req {
-            Request::ReadHoldingRegisters(a, n) => {
-                Response::ReadHoldingRegisters(words(&self.holding, a, n)?)
-            }
-            Request::ReadInputRegisters(a, n) => {
-                Response::ReadInputRegisters(words(&self.input, a, n)?)
-            }
-            Request::ReadCoils(a, n) => Response::ReadCoils(bits(&self.coils, a, n)?),
-            Request::ReadDiscreteInputs(a, n) => {
-                Response::ReadDiscreteInputs(bits(&self.discrete, a, n)?)
-            }
-            Request::WriteSingleRegister(a, w) => {
-                *self
-                    .holding
-                    .get_mut(&a)
-                    .ok_or(ExceptionCode::IllegalDataAddress)? = w;
-                Response::WriteSingleRegister(a, w)
-            }
-            Request::WriteMultipleRegisters(a, ws) => {
-                words(&self.holding, a, ws.len() as u16)?;
-                for (i, w) in ws.iter().enumerate() {
-                    self.holding.insert(a + i as u16, *w);
-                }
-                Response::WriteMultipleRegisters(a, ws.len() as u16)
-            }
-            Request::WriteSingleCoil(a, b) => {
-                *self
-                    .coils
-                    .get_mut(&a)
-                    .ok_or(ExceptionCode::IllegalDataAddress)? = b;
-                Response::WriteSingleCoil(a, b)
-            }
-            _ => return Err(ExceptionCode::IllegalFunction),
-        })
-    }
-}
-
-/// The tokio-modbus service over shared [`Registers`].
-#[derive(Clone)]
-struct Service(Arc<Mutex<Registers>>);
-
-impl tokio_modbus::server::Service for Service {
-    type Request = SlaveRequest<'static>;
-    type Response = Option<Response>;
-    type Exception = ExceptionCode;
-    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        let answer = if req.slave == UNIT {
-            self.0
-                .lock()
-                .expect("registers lock")
-                .answer(req.request)
-                .map(Some)
-        } else {
-            Ok(None)
-        };
-        Box::pin(std::future::ready(answer))
-    }
-}
-
-/// A Modbus TCP server on 127.0.0.1 over shared registers; stopped (listener and every
-/// connection) when dropped.
-struct Device {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Device {
-    async fn start(regs: Arc<Mutex<Registers>>) -> Device {
-        Device::start_on("127.0.0.1:0".parse().expect("addr"), regs).await
-    }
-
-    /// On `addr` (again, after a stop: the registers live on in `regs`).
-    async fn start_on(addr: SocketAddr, regs: Arc<Mutex<Registers>>) -> Device {
-        let listener = TcpListener::bind(addr).await.expect("bind a test port");
-        let addr = listener.local_addr().expect("local addr");
-        let server = tokio_modbus::server::tcp::Server::new(listener);
-        let task = tokio::spawn(async move {
-            let on_connected = |stream, _peer| {
-                let regs = regs.clone();
-                async move { Ok(Some((Service(regs), stream))) }
-            };
-            let _ = server.serve(&on_connected, |_e| {}).await;
-        });
-        Device { addr, task }
-    }
-
-    /// Stop listening and drop every connection (the server's drop guard cancels them).
-    async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// The register map of a small boiler controller, on unit [`UNIT`]. A register or bit
+/// not in a map does not exist: reading or writing it is an "illegal data address"
+/// exception.
+fn boiler_unit() -> Unit {
+    let mut u = Unit::default();
+    // flow_temperature: f32 21.5 = 0x41AC0000 at 100..101 (ABCD); setpoint: i16 205 x 0.1
+    // = 20.5 °C at 102, writable; firmware: u16 7 at 103, read-only.
+    u.holding_at(100, &[0x41AC, 0x0000, 205, 7]);
+    // outdoor: 615 x 0.1 - 40 = 21.5 °C.
+    u.input_at(0, &[615]);
+    // pump: a writable coil, off; alarm: a discrete input, on.
+    u.coils.insert(0, false);
+    u.discrete.insert(0, true);
+    u
 }
 
 /// The `[[device]]` of the daemon's config: polled every `poll`, against `addr`.
@@ -236,8 +99,8 @@ address = 0
 /// The daemon with the boiler against a fresh server, and a client subscribed to
 /// `<prefix>/#`.
 struct World {
-    regs: Arc<Mutex<Registers>>,
-    device: Option<Device>,
+    state: Arc<State>,
+    device: Option<TcpDevice>,
     setup: Setup,
     daemon: Daemon,
     sub: Sub,
@@ -245,13 +108,13 @@ struct World {
 
 impl World {
     async fn start(poll: &str) -> World {
-        let regs = Arc::new(Mutex::new(Registers::boiler()));
-        let device = Device::start(regs.clone()).await;
+        let state = State::new([(UNIT, boiler_unit())]);
+        let device = TcpDevice::start(state.clone()).await;
         let setup = Setup::new(&boiler(device.addr, poll));
         let daemon = setup.start();
         let sub = Sub::connect(setup.addr(), "watcher", &format!("{}/#", setup.prefix)).await;
         World {
-            regs,
+            state,
             device: Some(device),
             setup,
             daemon,
@@ -308,8 +171,9 @@ impl World {
             .expect("publish a /set");
     }
 
+    /// Every write request the device got, in order.
     fn writes(&self) -> Vec<Request<'static>> {
-        self.regs.lock().expect("registers lock").writes.clone()
+        self.state.writes()
     }
 
     /// Wait until a line of the daemon's log satisfies `pred`; that line.
@@ -372,11 +236,7 @@ async fn readings_arrive_with_the_contract_payload() {
 
     // Polling goes on: a value changed in the device shows up.
     let seen = w.sub.messages().len();
-    w.regs
-        .lock()
-        .expect("registers lock")
-        .holding
-        .insert(103, 8);
+    w.state.with_unit(UNIT, |u| u.holding.insert(103, 8));
     let topic = w.topic("boiler/firmware");
     let changed = w
         .sub
@@ -406,14 +266,14 @@ async fn a_set_on_a_writable_point_writes_the_register_and_publishes_the_read_ba
     assert!(is_contract_ts(j["ts"].as_str().expect("ts")));
     // raw = 22.5 / 0.1 = 225, one register: function 6.
     assert_eq!(w.writes(), vec![Request::WriteSingleRegister(102, 225)]);
-    assert_eq!(w.regs.lock().expect("lock").holding[&102], 225);
+    assert_eq!(w.state.with_unit(UNIT, |u| u.holding[&102]), 225);
 
     // A coil takes true/false: function 5, and its read-back.
     let seen = w.sub.messages().len();
     w.set("pump", "true").await;
     let j = w.reading_after(seen, "pump").await;
     assert_eq!(j["value"], true, "{j:?}");
-    assert!(w.regs.lock().expect("lock").coils[&0]);
+    assert!(w.state.with_unit(UNIT, |u| u.coils[&0]));
     assert_eq!(w.writes().last(), Some(&Request::WriteSingleCoil(0, true)));
 
     // Out of min..max: refused before anything is sent, with a warning.
@@ -424,7 +284,7 @@ async fn a_set_on_a_writable_point_writes_the_register_and_publishes_the_read_ba
         .await;
     assert!(line.is_some(), "{}", w.daemon.log_text());
     assert_eq!(w.writes().len(), before, "nothing written");
-    assert_eq!(w.regs.lock().expect("lock").holding[&102], 225);
+    assert_eq!(w.state.with_unit(UNIT, |u| u.holding[&102]), 225);
     w.stop().await;
 }
 
@@ -453,7 +313,7 @@ async fn a_set_on_a_read_only_or_unknown_point_writes_nothing_and_warns() {
     assert!(line.is_some(), "{}", w.daemon.log_text());
 
     assert!(w.writes().is_empty(), "nothing written: {:?}", w.writes());
-    assert_eq!(w.regs.lock().expect("lock").holding[&103], 7);
+    assert_eq!(w.state.with_unit(UNIT, |u| u.holding[&103]), 7);
     // The device is still served: a write to a writable point still goes through.
     let seen = w.sub.messages().len();
     w.set("setpoint", "21").await;
@@ -484,8 +344,8 @@ async fn a_stopped_device_is_offline_and_online_again_when_it_is_back() {
 
     // Back on the same address: online again, and readings flow again.
     let seen = w.sub.messages().len();
-    w.regs.lock().expect("lock").holding.insert(103, 11);
-    w.device = Some(Device::start_on(addr, w.regs.clone()).await);
+    w.state.with_unit(UNIT, |u| u.holding.insert(103, 11));
+    w.device = Some(TcpDevice::start_on(addr, w.state.clone()).await);
     w.availability_after(seen, "online").await;
     let topic = w.topic("boiler/firmware");
     let fresh = w

@@ -34,6 +34,12 @@ if ! python3 -c 'import pymodbus' 2>/dev/null; then
   python3 -m pip install --quiet 'pymodbus>=3.16,<4' 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages 'pymodbus>=3.16,<4'
 fi
+# pyserial: pymodbus's serial (RTU) server needs it.
+if ! python3 -c 'import serial' 2>/dev/null; then
+  echo "== installing pyserial"
+  python3 -m pip install --quiet pyserial 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages pyserial
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

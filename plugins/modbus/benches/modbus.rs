@@ -7,6 +7,15 @@
 //!   register, the most per-point overhead a block can have).
 //! - `plan`: the read planner on a 1,000-point map over three tables, as a cycle that
 //!   reads every point calls it.
+//! - `publish_1000_registers`: the CPU per 1 000 registers decoded and published: 8 full
+//!   answers of 125 registers taken into readings, and each reading made the MQTT
+//!   message the daemon publishes (its topic, and the JSON payload of `payload()` in the
+//!   daemon's `src/publish.rs`, done here with serde_json the same way so that the bench
+//!   does not depend on the daemon crate). Against, in the same run, the decode alone
+//!   (values only) and the decode with readings but no message. Two maps over the same
+//!   1 000 registers: 1 000 `u16` points, and 8 × the mixed block (592 points). Measured
+//!   in CPU time of the bench's thread (`CLOCK_THREAD_CPUTIME_ID`, on 64-bit Linux; wall
+//!   time elsewhere), so that other work on a shared machine weighs less.
 //!
 //! `cargo bench -p sensorgate-modbus`; the figures are in README.md ("Figures").
 
@@ -14,13 +23,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sensorgate_api::{DeviceSpec, Reading};
+use sensorgate_api::{format_ts, DeviceSpec, Quality, Reading, Value};
 use sensorgate_modbus::adapter::decode_point;
 use sensorgate_modbus::config::Point;
 use sensorgate_modbus::plan::ReadRequest;
-use sensorgate_modbus::value::{encode, DataType};
+use sensorgate_modbus::value::{encode, to_bytes, DataType, Format};
 use sensorgate_modbus::{ModbusAdapter, ModbusConfig};
+use serde::Serialize;
 use serde_json::json;
 
 /// A device at a loopback address (never connected to here) with `points` (TOML
@@ -72,34 +83,45 @@ fn u16_block() -> String {
     (0..125).map(|i| point(&format!("r{i}"), i, "")).collect()
 }
 
-/// The single read that covers the whole device, and registers that hold a plausible
+/// The reads that cover the whole device, each with registers that hold a plausible
 /// value for every point of it.
-fn block(a: &ModbusAdapter) -> (ReadRequest, Vec<u16>) {
+fn blocks(a: &ModbusAdapter) -> Vec<(ReadRequest, Vec<u16>)> {
     let points = &a.config().points;
     let all: Vec<usize> = (0..points.len()).collect();
-    let plan = a.plan(&all);
-    assert_eq!(plan.len(), 1, "one read: {plan:#?}");
-    let req = plan.into_iter().next().expect("one read");
+    a.plan(&all)
+        .into_iter()
+        .map(|req| {
+            let mut words = vec![0u16; usize::from(req.count)];
+            for &i in &req.points {
+                let p = &points[i];
+                let start = usize::from(p.address - req.address);
+                if let Some(bit) = p.format.bit {
+                    words[start] |= 1 << bit;
+                    continue;
+                }
+                let value = match p.format.ty {
+                    DataType::String => json!("pump-7 main"),
+                    DataType::F32 | DataType::F64 | DataType::I16 => json!(21.5 + i as f64),
+                    _ => json!(1000 + i),
+                };
+                let w = encode(&p.format, &value).expect("bench value encodes");
+                words[start..start + w.len()].copy_from_slice(&w);
+            }
+            (req, words)
+        })
+        .collect()
+}
+
+/// The single read that covers the whole device (a full 125-register read).
+fn block(a: &ModbusAdapter) -> (ReadRequest, Vec<u16>) {
+    let mut all = blocks(a);
+    assert_eq!(all.len(), 1, "one read: {all:#?}");
+    let (req, words) = all.remove(0);
     assert_eq!(
         (req.address, req.count),
         (0, 125),
         "a full 125-register read"
     );
-    let mut words = vec![0u16; 125];
-    for (i, p) in points.iter().enumerate() {
-        let start = usize::from(p.address);
-        if p.format.bit.is_some() {
-            words[start] |= 1 << p.format.bit.unwrap_or(0);
-            continue;
-        }
-        let value = match p.format.ty {
-            DataType::String => json!("pump-7 main"),
-            DataType::F32 | DataType::F64 | DataType::I16 => json!(21.5 + i as f64),
-            _ => json!(1000 + i),
-        };
-        let w = encode(&p.format, &value).expect("bench value encodes");
-        words[start..start + w.len()].copy_from_slice(&w);
-    }
     (req, words)
 }
 
@@ -111,11 +133,14 @@ fn take(device: &Arc<str>, points: &[Point], req: &ReadRequest, words: &[u16]) -
         let p = &points[i];
         if let Ok(v) = decode_point(p, req.address, words, &[]) {
             if v.is_publishable() {
-                out.push(
-                    Reading::new(device.clone(), p.name.clone(), v)
-                        .with_unit(p.unit.clone())
-                        .with_ts(ts),
-                );
+                out.push(Reading {
+                    device: device.clone(),
+                    point: p.name.clone(),
+                    value: v,
+                    unit: p.unit.clone(),
+                    ts,
+                    quality: Quality::Good,
+                });
             }
         }
     }
@@ -186,5 +211,294 @@ fn bench_plan(c: &mut Criterion) {
     g.finish();
 }
 
+/// The payload of a reading as the daemon's `src/publish.rs` `payload()` makes it.
+#[derive(Serialize)]
+struct Payload<'a> {
+    value: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    ts: String,
+}
+
+/// The MQTT message of a reading: `<prefix>/<device>/<point>` and its JSON payload.
+fn message(prefix: &str, r: &Reading) -> (String, Vec<u8>) {
+    let topic = format!("{prefix}/{}/{}", r.device, r.point);
+    let p = Payload {
+        value: &r.value,
+        unit: r.unit.as_deref(),
+        ts: format_ts(r.ts),
+    };
+    (topic, serde_json::to_vec(&p).unwrap_or_default())
+}
+
+/// The values of one answer, no readings (the peer: the decode alone).
+fn values(points: &[Point], req: &ReadRequest, words: &[u16]) -> usize {
+    req.points
+        .iter()
+        .filter_map(|&i| decode_point(&points[i], req.address, words, &[]).ok())
+        .map(black_box)
+        .count()
+}
+
+/// The decode as it was before it kept its bytes on the stack (session 1): the bytes of
+/// every point in a `Vec`, an f32's shortest form and the decimals of scale and offset
+/// through `String`s. The same results as `value::decode` on these maps (checked below;
+/// 64-bit integers go through an f64 here, none are in the maps); kept here only
+/// as the peer of the decode in the same run.
+fn naive_decode(f: &Format, words: &[u16]) -> Option<Value> {
+    fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
+        let mut a = [0u8; N];
+        a.copy_from_slice(&b[..N]);
+        a
+    }
+    fn decimals(x: f64) -> Option<u32> {
+        let s = x.to_string();
+        let d = s.split_once('.').map_or(0, |(_, frac)| frac.len() as u32);
+        (d <= 15).then_some(d)
+    }
+    let bytes = to_bytes(words, f.order);
+    if let Some(bit) = f.bit {
+        let w = u16::from_be_bytes([bytes[0], bytes[1]]);
+        return Some(Value::Bool(w >> bit & 1 == 1));
+    }
+    let (int, x) = match f.ty {
+        DataType::Bool => return Some(Value::Bool(words[0] != 0)),
+        DataType::String => {
+            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            let text = String::from_utf8_lossy(&bytes[..end]);
+            return Some(Value::Text(text.trim_end().to_string()));
+        }
+        DataType::U16 => (true, u16::from_be_bytes(arr(&bytes)) as f64),
+        DataType::I16 => (true, i16::from_be_bytes(arr(&bytes)) as f64),
+        DataType::U32 => (true, u32::from_be_bytes(arr(&bytes)) as f64),
+        DataType::I32 => (true, i32::from_be_bytes(arr(&bytes)) as f64),
+        DataType::U64 => (true, u64::from_be_bytes(arr(&bytes)) as f64),
+        DataType::I64 => (true, i64::from_be_bytes(arr(&bytes)) as f64),
+        DataType::F32 => {
+            let v = f32::from_be_bytes(arr(&bytes));
+            (false, v.to_string().parse::<f64>().unwrap_or(v as f64))
+        }
+        DataType::F64 => (false, f64::from_be_bytes(arr(&bytes))),
+    };
+    let scaled = f.scale.is_some_and(|s| s != 1.0) || f.offset.is_some_and(|o| o != 0.0);
+    if !scaled {
+        return Some(if int {
+            Value::Int(x as i64)
+        } else {
+            Value::Float(x)
+        });
+    }
+    let (scale, offset) = (f.scale.unwrap_or(1.0), f.offset.unwrap_or(0.0));
+    let y = x * scale + offset;
+    let y = match (int, decimals(scale), decimals(offset)) {
+        (true, Some(a), Some(b)) => {
+            let p = 10f64.powi(a.max(b) as i32);
+            (y * p).round() / p
+        }
+        _ => y,
+    };
+    Some(Value::Float(y + 0.0))
+}
+
+/// [`values`] through [`naive_decode`].
+fn naive_values(points: &[Point], req: &ReadRequest, words: &[u16]) -> usize {
+    req.points
+        .iter()
+        .filter_map(|&i| {
+            let p = &points[i];
+            let off = usize::from(p.address - req.address);
+            naive_decode(&p.format, &words[off..off + usize::from(p.count())])
+        })
+        .map(black_box)
+        .count()
+}
+
+/// Registers 0..1000 in 8 reads of 125: 1 000 `u16` points, or 8 mixed blocks.
+fn thousand_registers() -> [(&'static str, String); 2] {
+    let mixed: String = (0..8u32)
+        .flat_map(|b| {
+            mixed_block()
+                .lines()
+                .map(|l| match l.strip_prefix("address = ") {
+                    Some(a) => format!("address = {}", a.parse::<u32>().unwrap_or(0) + b * 125),
+                    None => match l.strip_prefix("name = \"") {
+                        Some(n) => format!("name = \"b{b}{n}"),
+                        None => l.to_string(),
+                    },
+                })
+                .map(|l| l + "\n")
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let u16s = (0..1000).map(|i| point(&format!("r{i}"), i, "")).collect();
+    [("1000_u16_points", u16s), ("592_mixed_points", mixed)]
+}
+
+/// CPU time of the calling thread, in ns: criterion runs each routine on its own thread.
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn thread_cpu_ns() -> u64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec (64-bit Linux layout) for the call.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+fn thread_cpu_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+/// Criterion measuring the thread's CPU time instead of the wall clock.
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns().saturating_sub(start)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        self
+    }
+}
+
+/// Values in µs of CPU, throughput in M registers per CPU second.
+impl ValueFormatter for ThreadCpu {
+    fn scale_values(&self, _typical: f64, values: &mut [f64]) -> &'static str {
+        values.iter_mut().for_each(|v| *v /= 1e3);
+        "µs cpu"
+    }
+    fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
+        let n = match *t {
+            Throughput::Elements(n) => n as f64,
+            _ => 1.0,
+        };
+        values.iter_mut().for_each(|v| *v = n * 1e3 / *v);
+        "Mreg/cpu-s"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn bench_publish(c: &mut Criterion<ThreadCpu>) {
+    let device: Arc<str> = Arc::from("bench");
+    let mut g = c.benchmark_group("publish_1000_registers");
+    // Throughput in registers.
+    g.throughput(Throughput::Elements(1000));
+    for (name, points) in thousand_registers() {
+        let a = adapter(&points);
+        let answers = blocks(&a);
+        assert_eq!(answers.len(), 8, "8 reads of 125 registers");
+        assert!(answers.iter().all(|(r, _)| r.count == 125));
+        let pts = &a.config().points;
+        let n: usize = answers
+            .iter()
+            .map(|(r, w)| take(&device, pts, r, w).len())
+            .sum();
+        assert_eq!(n, pts.len(), "every point decodes");
+        for (r, w) in &answers {
+            for &i in &r.points {
+                let p = &pts[i];
+                let off = usize::from(p.address - r.address);
+                let naive = naive_decode(&p.format, &w[off..off + usize::from(p.count())]);
+                let new = decode_point(p, r.address, w, &[]).ok();
+                assert_eq!(naive, new, "point {}", p.name);
+            }
+        }
+        g.bench_function(format!("{name}/decode_only_naive"), |b| {
+            b.iter(|| {
+                answers
+                    .iter()
+                    .map(|(r, w)| naive_values(pts, black_box(r), black_box(w)))
+                    .sum::<usize>()
+            })
+        });
+        g.bench_function(format!("{name}/decode_only"), |b| {
+            b.iter(|| {
+                answers
+                    .iter()
+                    .map(|(r, w)| values(pts, black_box(r), black_box(w)))
+                    .sum::<usize>()
+            })
+        });
+        g.bench_function(format!("{name}/readings"), |b| {
+            b.iter(|| {
+                answers
+                    .iter()
+                    .map(|(r, w)| take(&device, pts, black_box(r), black_box(w)))
+                    .collect::<Vec<_>>()
+            })
+        });
+        g.bench_function(format!("{name}/readings_and_mqtt_messages"), |b| {
+            b.iter(|| {
+                let mut messages = Vec::with_capacity(pts.len());
+                for (r, w) in &answers {
+                    for reading in take(&device, pts, black_box(r), black_box(w)) {
+                        messages.push(message("sensorgate", &reading));
+                    }
+                }
+                messages
+            })
+        });
+        // What the daemon could save: the time text made once per answer (all readings
+        // of an answer share their time) instead of once per reading.
+        g.bench_function(format!("{name}/readings_and_mqtt_messages_ts_once"), |b| {
+            b.iter(|| {
+                let mut messages = Vec::with_capacity(pts.len());
+                for (r, w) in &answers {
+                    let readings = take(&device, pts, black_box(r), black_box(w));
+                    let ts = readings
+                        .first()
+                        .map(|r| format_ts(r.ts))
+                        .unwrap_or_default();
+                    for reading in &readings {
+                        let topic = format!("sensorgate/{}/{}", reading.device, reading.point);
+                        let p = Payload {
+                            value: &reading.value,
+                            unit: reading.unit.as_deref(),
+                            ts: ts.clone(),
+                        };
+                        messages.push((topic, serde_json::to_vec(&p).unwrap_or_default()));
+                    }
+                }
+                messages
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(benches, bench_decode, bench_plan);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = bench_publish
+}
+criterion_main!(benches, cpu);

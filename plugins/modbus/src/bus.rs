@@ -88,6 +88,8 @@ struct BusInner {
     transport: Transport,
     /// Requests in; the task ends when every sender is gone.
     jobs: mpsc::Sender<Job>,
+    /// The task, for [`Bus::close`].
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -125,14 +127,27 @@ impl Bus {
     pub fn start(transport: Transport) -> Bus {
         let (tx, rx) = mpsc::channel(64);
         let key = transport.bus_key();
-        tokio::spawn(run(transport.clone(), rx));
+        let task = tokio::spawn(run(transport.clone(), rx));
         Bus {
             inner: Arc::new(BusInner {
                 key,
                 transport,
                 jobs: tx,
+                task,
             }),
         }
+    }
+
+    /// Drop this handle and, if it was the last, wait (2 s at most) until the task has
+    /// closed the connection. A serial port is opened exclusively (TIOCEXCL: another
+    /// open fails with EBUSY, except for root), so the CLI frees it before it returns.
+    pub async fn close(self) {
+        let Ok(inner) = Arc::try_unwrap(self.inner) else {
+            return; // Other devices still use the bus.
+        };
+        let BusInner { jobs, task, .. } = inner;
+        drop(jobs);
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
 
     /// `tcp://host:port` or `rtu:///dev/ttyUSB0`.
@@ -202,7 +217,7 @@ impl Line {
             if last_unit != unit {
                 wait = wait.max(timing.delay_on_unit_switch);
             }
-            tokio::time::sleep_until(at + wait).await;
+            quiet_until(at + wait).await;
         }
         let Some(ctx) = self.ctx.as_mut() else {
             return Err(BusError::Stopped);
@@ -232,6 +247,26 @@ impl Line {
                 Err(BusError::Protocol(e.to_string()))
             }
         }
+    }
+}
+
+/// Wait until `deadline`, and not much longer. tokio's timer wakes on whole
+/// milliseconds, up to one late: after a 1.75 ms frame gap that is a 5 % loss of the
+/// line at 115200 baud (benches/rtu_wire.rs). So sleep until a millisecond before, then
+/// yield to other tasks until the deadline (at most about 1 ms of such spinning per
+/// request; none when the deadline has passed, the common case of a poll loop).
+async fn quiet_until(deadline: Instant) {
+    const EARLY: Duration = Duration::from_millis(1);
+    if let Some(coarse) = deadline.checked_sub(EARLY) {
+        if coarse > Instant::now() {
+            tokio::time::sleep_until(coarse).await;
+        }
+    }
+    // On the real clock, and never more than EARLY (tokio's clock may be paused).
+    let now = Instant::now();
+    let end = std::time::Instant::now() + deadline.saturating_duration_since(now).min(EARLY);
+    while std::time::Instant::now() < end {
+        tokio::task::yield_now().await;
     }
 }
 

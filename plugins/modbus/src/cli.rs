@@ -222,8 +222,10 @@ pub async fn read(args: &ReadArgs, out: &mut dyn Write) -> Result<(), CliError> 
             request(table, args.address, args.count),
             args.target.timing(),
         )
-        .await
-        .map_err(|e| CliError::Device(format!("{transport}, unit {}: {e}", args.unit)))?;
+        .await;
+    bus.close().await;
+    let answer =
+        answer.map_err(|e| CliError::Device(format!("{transport}, unit {}: {e}", args.unit)))?;
     let response = answer.map_err(|exc| {
         CliError::Device(format!(
             "{transport}, unit {} answered {}",
@@ -352,6 +354,7 @@ pub async fn scan(args: &ScanArgs, out: &mut dyn Write, progress: bool) -> Resul
         writeln!(out, "{line}")?;
         found.push(unit);
     }
+    bus.close().await;
     if progress {
         let _ = writeln!(err, "\r{:60}\r", "");
     }

@@ -152,6 +152,27 @@ pub fn to_bytes(words: &[u16], order: ByteOrder) -> Vec<u8> {
     out
 }
 
+/// [`to_bytes`] of at most 4 registers, without allocating: the bytes are `.0[..len]`.
+fn to_array(words: &[u16], order: ByteOrder) -> ([u8; 8], usize) {
+    let mut out = [0u8; 8];
+    let n = words.len().min(4);
+    for k in 0..n {
+        let w = if order.word_swap() {
+            words[n - 1 - k]
+        } else {
+            words[k]
+        };
+        let [hi, lo] = w.to_be_bytes();
+        let pair = if order.byte_swap() {
+            [lo, hi]
+        } else {
+            [hi, lo]
+        };
+        out[2 * k..2 * k + 2].copy_from_slice(&pair);
+    }
+    (out, 2 * n)
+}
+
 /// The value's bytes, most significant first, to registers in wire order: the inverse of
 /// [`to_bytes`]. An odd trailing byte is padded with 0.
 pub fn from_bytes(bytes: &[u8], order: ByteOrder) -> Vec<u16> {
@@ -240,36 +261,37 @@ pub fn decode(format: &Format, words: &[u16]) -> Result<Value, ValueError> {
             got: words.len(),
         });
     }
-    let bytes = to_bytes(words, format.order);
+    if format.ty == DataType::String && format.bit.is_none() {
+        let bytes = to_bytes(words, format.order);
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        let text = String::from_utf8_lossy(&bytes[..end]);
+        return Ok(Value::Text(text.trim_end().to_string()));
+    }
+    // Every other type takes at most 4 registers: its bytes stay on the stack.
+    let (array, len) = to_array(words, format.order);
+    let bytes = &array[..len];
     if let Some(bit) = format.bit {
         let w = u16::from_be_bytes([bytes[0], bytes[1]]);
         return Ok(Value::Bool(w >> bit & 1 == 1));
     }
     let raw = match format.ty {
         DataType::Bool => return Ok(Value::Bool(words[0] != 0)),
-        DataType::String => {
-            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-            let text = String::from_utf8_lossy(&bytes[..end]);
-            return Ok(Value::Text(text.trim_end().to_string()));
-        }
-        DataType::U16 => Raw::Int(u16::from_be_bytes(arr(&bytes)) as i64),
-        DataType::I16 => Raw::Int(i16::from_be_bytes(arr(&bytes)) as i64),
-        DataType::U32 => Raw::Int(u32::from_be_bytes(arr(&bytes)) as i64),
-        DataType::I32 => Raw::Int(i32::from_be_bytes(arr(&bytes)) as i64),
+        DataType::String => return Err(ValueError::Type("a string of a bit".into())),
+        DataType::U16 => Raw::Int(u16::from_be_bytes(arr(bytes)) as i64),
+        DataType::I16 => Raw::Int(i16::from_be_bytes(arr(bytes)) as i64),
+        DataType::U32 => Raw::Int(u32::from_be_bytes(arr(bytes)) as i64),
+        DataType::I32 => Raw::Int(i32::from_be_bytes(arr(bytes)) as i64),
         DataType::U64 => {
-            let u = u64::from_be_bytes(arr(&bytes));
+            let u = u64::from_be_bytes(arr(bytes));
             match i64::try_from(u) {
                 Ok(i) => Raw::Int(i),
                 Err(_) => Raw::UInt(u),
             }
         }
-        DataType::I64 => Raw::Int(i64::from_be_bytes(arr(&bytes))),
+        DataType::I64 => Raw::Int(i64::from_be_bytes(arr(bytes))),
         // Through the shortest decimal form: f32 21.3 is 21.3, not 21.299999237060547.
-        DataType::F32 => {
-            let f = f32::from_be_bytes(arr(&bytes));
-            Raw::Float(f.to_string().parse::<f64>().unwrap_or(f as f64))
-        }
-        DataType::F64 => Raw::Float(f64::from_be_bytes(arr(&bytes))),
+        DataType::F32 => Raw::Float(f32_shortest(f32::from_be_bytes(arr(bytes)))),
+        DataType::F64 => Raw::Float(f64::from_be_bytes(arr(bytes))),
     };
     if !format.scaled() {
         return Ok(match raw {
@@ -472,15 +494,120 @@ fn arr<const N: usize>(bytes: &[u8]) -> [u8; N] {
     a
 }
 
-/// Digits after the decimal point of `x`'s shortest form; `None` if it needs an exponent
-/// or more than 15 (no rounding then).
-fn decimals(x: f64) -> Option<u32> {
-    let s = x.to_string();
-    if s.contains(['e', 'E']) {
-        return None;
+/// A formatter into a stack buffer: the shortest forms of floats without allocating.
+struct StackText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl StackText {
+    /// `x` written with `{:e}` (the shortest digits that read back as `x`).
+    fn exp(x: impl fmt::LowerExp) -> StackText {
+        use std::fmt::Write;
+        let mut t = StackText {
+            buf: [0; 48],
+            len: 0,
+        };
+        // 48 bytes hold any f64 in `{:e}` form ("-2.2250738585072014e-308" is 24).
+        let _ = write!(t, "{x:e}");
+        t
     }
-    let d = s.split_once('.').map_or(0, |(_, frac)| frac.len() as u32);
-    (d <= 15).then_some(d)
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Exact powers of ten: every 10^k up to 10^22 is an f64 without rounding.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Integers below this are exact in an f64.
+const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// `n / 10^d` for `d` in -22..=22, correctly rounded when `n` is an exact integer: the
+/// f64 that the decimal text of `n` shifted by `d` places reads as.
+fn shift(n: f64, d: i32) -> f64 {
+    if d >= 0 {
+        n / POW10[d as usize]
+    } else {
+        n * POW10[(-d) as usize]
+    }
+}
+
+/// The f64 of an f32's shortest decimal form: f32 21.3 is 21.3, not 21.299999237060547.
+///
+/// Without text: the shortest decimal that reads back as `f` has the fewest significant
+/// digits k (at most 9) such that `f` rounded to k digits reads back as `f`; for each k
+/// that rounding is one multiplication, and the f64 of the decimal one exact division.
+/// Formatting remains the fallback (outside the exact ranges).
+fn f32_shortest(f: f32) -> f64 {
+    let x = f64::from(f);
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    let e = x.abs().log10().floor() as i32;
+    for k in 1..=9 {
+        let d = k - 1 - e; // decimals of a k-digit form
+        if !(-22..=22).contains(&d) {
+            break;
+        }
+        let n = shift(x, -d).round();
+        if n.abs() >= EXACT {
+            break;
+        }
+        let y = shift(n, d);
+        if y as f32 == f {
+            return y;
+        }
+    }
+    StackText::exp(f).as_str().parse::<f64>().unwrap_or(x)
+}
+
+/// Digits after the decimal point of `x`'s shortest plain decimal form (its `Display`);
+/// `None` if that has more than 15 (no rounding then).
+///
+/// Without text: the fewest decimals d such that `x` rounded to d decimals reads back as
+/// `x` (an exact integer divided by an exact power of ten is correctly rounded, as
+/// reading the decimal is). Formatting remains the fallback for huge values.
+fn decimals(x: f64) -> Option<u32> {
+    if !x.is_finite() {
+        return Some(0);
+    }
+    for d in 0..=15 {
+        let n = shift(x, -d).round();
+        if n.abs() >= EXACT {
+            return decimals_by_text(x);
+        }
+        if shift(n, d) == x {
+            return Some(d as u32);
+        }
+    }
+    None
+}
+
+/// [`decimals`] through the `{:e}` form.
+fn decimals_by_text(x: f64) -> Option<u32> {
+    let t = StackText::exp(x);
+    // "2.15e1": 2 digits after the point, exponent 1: 1 decimal. "inf", "NaN": 0.
+    let Some((mantissa, exp)) = t.as_str().split_once('e') else {
+        return Some(0);
+    };
+    let digits = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i64);
+    let d = (digits - exp.parse::<i64>().unwrap_or(0)).max(0);
+    (d <= 15).then_some(d as u32)
 }
 
 fn round_to(x: f64, decimals: u32) -> f64 {
@@ -754,6 +881,75 @@ mod tests {
                 got: 2
             })
         );
+    }
+
+    /// The old, allocating forms the fast ones replace.
+    fn decimals_by_display(x: f64) -> Option<u32> {
+        let s = x.to_string();
+        let d = s.split_once('.').map_or(0, |(_, frac)| frac.len() as u32);
+        (d <= 15).then_some(d)
+    }
+
+    /// A fixed pseudo-random sequence (xorshift), for bit patterns.
+    fn patterns(n: usize) -> impl Iterator<Item = u64> {
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        (0..n).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        })
+    }
+
+    #[test]
+    fn decimals_match_the_display_form() {
+        let fixed = [
+            0.1,
+            0.01,
+            0.5,
+            1.0,
+            10.0,
+            1e20,
+            123.456,
+            -0.25,
+            1e-15,
+            1e-16,
+            3.0e-7,
+            0.0,
+            -40.0,
+            0.001,
+            2.5e-3,
+            1234.5678,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for x in fixed {
+            assert_eq!(decimals(x), decimals_by_display(x), "{x}");
+        }
+        for bits in patterns(20_000) {
+            let x = f64::from_bits(bits);
+            assert_eq!(decimals(x), decimals_by_display(x), "{x:e}");
+            // Scales as people write them: few digits, any magnitude.
+            let y = (bits % 100_000) as f64 / 10f64.powi((bits % 12) as i32);
+            assert_eq!(decimals(y), decimals_by_display(y), "{y}");
+            assert_eq!(decimals_by_text(x), decimals_by_display(x), "{x:e}");
+        }
+    }
+
+    #[test]
+    fn f32_shortest_matches_the_display_form() {
+        let typical = (0..20_000).map(|i| (i as f32 - 10_000.0) * 0.01);
+        let random = patterns(200_000).map(|bits| f32::from_bits(bits as u32));
+        for f in typical.chain(random) {
+            let old = f.to_string().parse::<f64>().unwrap_or(f as f64);
+            let new = f32_shortest(f);
+            assert!(
+                old.to_bits() == new.to_bits() || (old.is_nan() && new.is_nan()),
+                "{f:e}: {old} vs {new}"
+            );
+        }
     }
 
     #[test]

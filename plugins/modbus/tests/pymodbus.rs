@@ -1,14 +1,16 @@
 //! The adapter and `sensorgate modbus read` against pymodbus, a Modbus simulator nobody
-//! here wrote: `tests/pymodbus_server.py` serves a known register map on 127.0.0.1 (see
-//! its docstring). Every type and byte order, scale and offset, coils and discrete
-//! inputs, a register that does not exist, writes read back, the simulator killed and
-//! started again.
+//! here wrote: `tests/pymodbus_server.py` serves a known register map (see its
+//! docstring), over TCP on 127.0.0.1 and over RTU on one end of a socat pty pair. On both:
+//! every type and byte order, scale and offset, coils and discrete inputs, a register
+//! that does not exist (an exception), writes read back, the simulator killed and
+//! started again. Over RTU also a unit id that never answers, next to unit 1.
 //!
-//! pymodbus missing is a failure with the install command, not a skip (tests/run.sh
-//! installs it).
+//! pymodbus (and, for RTU, pyserial) missing is a failure with the install command, not
+//! a skip (tests/run.sh installs them).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -19,32 +21,57 @@ use sensorgate_modbus::cli::{self, ModbusArgs, ModbusCommand};
 use serde_json::json;
 
 mod common;
-use common::{build, crate_file, values, Running};
+use common::{build, crate_file, every_type_values, values, Event, Running, Socat, EVERY_TYPE};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// `python3 tests/pymodbus_server.py PORT`, stopped (by its PID) when dropped.
+/// Where the simulator serves.
+#[derive(Debug, Clone)]
+enum Link {
+    /// Modbus TCP on 127.0.0.1:port (0: any free port).
+    Tcp(u16),
+    /// Modbus RTU, 9600 8N1: the simulator on `server`, sensorgate on `client`, the two
+    /// ends of a socat pty pair.
+    Rtu { server: PathBuf, client: PathBuf },
+}
+
+impl Link {
+    fn rtu(socat: &Socat) -> Link {
+        Link::Rtu {
+            server: socat.b.clone(),
+            client: socat.a.clone(),
+        }
+    }
+}
+
+/// `python3 tests/pymodbus_server.py PORT | --serial DEV`, stopped (by its PID) when
+/// dropped.
 struct Simulator {
     child: Child,
-    port: u16,
+    /// Where it serves (a TCP port as bound).
+    link: Link,
     /// The simulator's stderr, for failure messages.
     log: tempfile::NamedTempFile,
 }
 
 impl Simulator {
-    /// On `port` (0: any free port); returns once it accepts connections.
-    fn start(port: u16) -> Simulator {
+    /// Serving `link`; returns once it takes requests.
+    fn start(link: &Link) -> Simulator {
         let log = tempfile::NamedTempFile::new().expect("a temp file");
         let script = crate_file("tests/pymodbus_server.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .arg(port.to_string())
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script);
+        match link {
+            Link::Tcp(port) => cmd.arg(port.to_string()),
+            Link::Rtu { server, .. } => cmd.arg("--serial").arg(server),
+        };
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log.reopen().expect("reopen the temp file"))
             .spawn()
             .expect("python3 runs (tests/run.sh installs pymodbus for it)");
-        // The first line says where it listens; read it with a deadline.
+        // The first line says where it serves; read it with a deadline.
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -55,20 +82,27 @@ impl Simulator {
         let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
         let mut sim = Simulator {
             child,
-            port: 0,
+            link: link.clone(),
             log,
         };
-        let bound = line
-            .strip_prefix("listening 127.0.0.1:")
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse::<u16>().ok());
-        match bound {
-            Some(p) => sim.port = p,
+        let served = match link {
+            Link::Tcp(_) => line
+                .strip_prefix("listening 127.0.0.1:")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|p| p.parse::<u16>().ok())
+                .map(Link::Tcp),
+            Link::Rtu { server, .. } => line
+                .strip_prefix(&format!("listening {} ", server.display()))
+                .map(|_| link.clone()),
+        };
+        match served {
+            Some(l) => sim.link = l,
             None => {
                 sim.kill();
                 panic!(
                     "the pymodbus simulator did not start (is pymodbus installed? \
-                     `python3 -m pip install pymodbus`):\nstdout: {line:?}\nstderr: {}",
+                     `python3 -m pip install pymodbus pyserial`):\nstdout: {line:?}\n\
+                     stderr: {}",
                     sim.log_text()
                 );
             }
@@ -76,8 +110,34 @@ impl Simulator {
         sim
     }
 
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+    /// The transport keys of a device on unit `unit` of this simulator's link.
+    fn transport(&self, unit: u8) -> String {
+        match &self.link {
+            Link::Tcp(port) => {
+                format!("transport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nunit = {unit}\n")
+            }
+            Link::Rtu { client, .. } => format!(
+                "transport = \"rtu\"\nport = \"{}\"\nbaud = 9600\nunit = {unit}\n",
+                client.display()
+            ),
+        }
+    }
+
+    /// The CLI options that reach unit 1 of this simulator.
+    fn cli_link(&self) -> Vec<String> {
+        let mut args: Vec<String> = match &self.link {
+            Link::Tcp(port) => vec!["--tcp".into(), format!("127.0.0.1:{port}")],
+            Link::Rtu { client, .. } => vec![
+                "--port".into(),
+                client.display().to_string(),
+                "--baud".into(),
+                "9600".into(),
+            ],
+        };
+        // A generous timeout: the CLI does not retry, and a Python simulator on a loaded
+        // machine can be slow to answer its first request.
+        args.extend(["--unit", "1", "--timeout", "5s"].map(String::from));
+        args
     }
 
     fn log_text(&self) -> String {
@@ -97,163 +157,41 @@ impl Drop for Simulator {
     }
 }
 
-const POINTS: &str = r#"
-[[point]]
-name = "f_abcd"
-address = 0
-type = "f32"
-[[point]]
-name = "f_cdab"
-address = 2
-type = "f32"
-byte_order = "CDAB"
-[[point]]
-name = "f_badc"
-address = 4
-type = "f32"
-byte_order = "BADC"
-[[point]]
-name = "f_dcba"
-address = 6
-type = "f32"
-byte_order = "DCBA"
-[[point]]
-name = "u16"
-address = 8
-[[point]]
-name = "i16"
-address = 9
-type = "i16"
-[[point]]
-name = "i32"
-address = 10
-type = "i32"
-[[point]]
-name = "u32"
-address = 12
-type = "u32"
-byte_order = "CDAB"
-[[point]]
-name = "u64"
-address = 14
-type = "u64"
-[[point]]
-name = "i64"
-address = 18
-type = "i64"
-byte_order = "DCBA"
-[[point]]
-name = "f64"
-address = 22
-type = "f64"
-[[point]]
-name = "label"
-address = 26
-type = "string"
-length = 4
-[[point]]
-name = "bit3"
-address = 30
-bit = 3
-[[point]]
-name = "bit4"
-address = 30
-bit = 4
-writable = true
-[[point]]
-name = "setpoint"
-address = 31
-type = "i16"
-scale = 0.1
-unit = "°C"
-writable = true
-[[point]]
-name = "target"
-address = 32
-type = "f32"
-byte_order = "CDAB"
-writable = true
+/// Beyond [`EVERY_TYPE`]: registers 34..49 do not exist in the simulator, 50 does.
+const GAP_POINTS: &str = r#"
 [[point]]
 name = "ghost"
 address = 40
 [[point]]
 name = "beyond"
 address = 50
-[[point]]
-name = "temp"
-table = "input"
-address = 0
-type = "i16"
-scale = 0.1
-unit = "°C"
-[[point]]
-name = "temp2"
-table = "input"
-address = 1
-scale = 0.01
-offset = -40
-[[point]]
-name = "pump"
-table = "coil"
-address = 0
-[[point]]
-name = "valve"
-table = "coil"
-address = 1
-writable = true
-[[point]]
-name = "alarm"
-table = "discrete"
-address = 5
 "#;
 
+/// The device of every test: unit 1 of `sim`, with every point of the map.
 fn device(sim: &Simulator, extra: &str) -> String {
     format!(
-        "transport = \"tcp\"\naddress = \"{}\"\nunit = 1\ntimeout = \"500ms\"\n{extra}\n{POINTS}",
-        sim.addr()
+        "{}timeout = \"500ms\"\n{extra}\n{EVERY_TYPE}{GAP_POINTS}",
+        sim.transport(1)
     )
 }
 
 /// What the first poll must publish: every point but `ghost`.
 fn expected() -> BTreeMap<String, Value> {
-    [
-        ("f_abcd", Value::Float(21.5)),
-        ("f_cdab", Value::Float(21.5)),
-        ("f_badc", Value::Float(21.5)),
-        ("f_dcba", Value::Float(21.5)),
-        ("u16", Value::Int(4242)),
-        ("i16", Value::Int(-2)),
-        ("i32", Value::Int(-100_000)),
-        ("u32", Value::Int(0x1234_5678)),
-        ("u64", Value::Int(0x0102_0304_0506_0708)),
-        ("i64", Value::Int(-5)),
-        ("f64", Value::Float(-1.25)),
-        ("label", Value::Text("pump-7".into())),
-        ("bit3", Value::Bool(true)),
-        ("bit4", Value::Bool(false)),
-        ("setpoint", Value::Float(21.5)),
-        ("target", Value::Float(0.0)),
-        ("beyond", Value::Int(77)),
-        ("temp", Value::Float(21.5)),
-        ("temp2", Value::Float(21.5)),
-        ("pump", Value::Bool(true)),
-        ("valve", Value::Bool(false)),
-        ("alarm", Value::Bool(true)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    let mut v = every_type_values();
+    v.insert("beyond".into(), Value::Int(77));
+    v
 }
 
-/// `sensorgate modbus read ARGS…` against the simulator; what it prints.
+/// `sensorgate modbus read ARGS…` against unit 1 of the simulator; what it prints.
 async fn cli_read(sim: &Simulator, args: &[&str]) -> String {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         modbus: ModbusArgs,
     }
-    let addr = sim.addr();
-    let mut argv = vec!["modbus", "read", "--tcp", &addr, "--unit", "1"];
+    let link = sim.cli_link();
+    let mut argv = vec!["modbus", "read"];
+    argv.extend(link.iter().map(String::as_str));
     argv.extend_from_slice(args);
     let ModbusCommand::Read(read) = Cli::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
@@ -269,9 +207,9 @@ async fn cli_read(sim: &Simulator, args: &[&str]) -> String {
     String::from_utf8(out).expect("utf-8")
 }
 
-#[tokio::test]
-async fn every_type_byte_order_and_table_from_pymodbus() {
-    let sim = Simulator::start(0);
+/// The first poll publishes every point as [`expected`].
+async fn every_type_byte_order_and_table(link: Link) {
+    let sim = Simulator::start(&link);
     let mut run = Running::start(build("sim", HOUR, &device(&sim, "")), "sim");
     let readings = run.readings().await;
     // Registers 34..39 do not exist in the simulator: the merged read over them is
@@ -283,42 +221,44 @@ async fn every_type_byte_order_and_table_from_pymodbus() {
     run.stop().await.expect("a clean stop");
 }
 
-#[tokio::test]
-async fn writes_reach_pymodbus_and_are_read_back() {
-    let sim = Simulator::start(0);
+/// `/set` of each kind of writable point, read back and published; then what the
+/// simulator holds, read by the CLI.
+async fn writes_are_read_back(link: Link) {
+    let sim = Simulator::start(&link);
     let mut run = Running::start(build("sim", HOUR, &device(&sim, "")), "sim");
     assert_eq!(
         values(&run.readings().await)["setpoint"],
         Value::Float(21.5)
     );
+    let one = |k: &str, v: Value| BTreeMap::from([(k.to_string(), v)]);
 
     // One register, scaled: raw 225, function 6; the read-back is published.
     run.set("setpoint", json!(22.5)).await;
     assert_eq!(
         values(&run.readings().await),
-        BTreeMap::from([("setpoint".to_string(), Value::Float(22.5))])
+        one("setpoint", Value::Float(22.5))
     );
     // Two registers in word-swapped order: function 16.
     run.set("target", json!(-3.75)).await;
     assert_eq!(
         values(&run.readings().await),
-        BTreeMap::from([("target".to_string(), Value::Float(-3.75))])
+        one("target", Value::Float(-3.75))
     );
     // A coil: function 5.
     run.set("valve", json!("on")).await;
     assert_eq!(
         values(&run.readings().await),
-        BTreeMap::from([("valve".to_string(), Value::Bool(true))])
+        one("valve", Value::Bool(true))
     );
     // A bit of a register: read, set bit 4, write back; bit 3 is kept.
     run.set("bit4", json!(true)).await;
     assert_eq!(
         values(&run.readings().await),
-        BTreeMap::from([("bit4".to_string(), Value::Bool(true))])
+        one("bit4", Value::Bool(true))
     );
     run.stop().await.expect("a clean stop");
 
-    // What the simulator holds now, read by the CLI (a separate connection).
+    // What the simulator holds now, read by the CLI (a connection, or port, of its own).
     assert_eq!(
         cli_read(&sim, &["--address", "30", "--count", "2"]).await,
         "holding 30: 0x0018    24     24\n\
@@ -345,9 +285,9 @@ async fn writes_reach_pymodbus_and_are_read_back() {
     );
 }
 
-#[tokio::test]
-async fn the_cli_reads_pymodbus() {
-    let sim = Simulator::start(0);
+/// Raw and decoded values as `sensorgate modbus read` prints them.
+async fn the_cli_reads(link: Link) {
+    let sim = Simulator::start(&link);
     let out = cli_read(&sim, &["--address", "0", "--count", "2", "--type", "f32"]).await;
     assert_eq!(
         out,
@@ -374,10 +314,11 @@ async fn the_cli_reads_pymodbus() {
     assert_eq!(out, "input 1: 0x1806  6150   6150\n");
 }
 
-#[tokio::test]
-async fn pymodbus_killed_and_restarted_is_offline_then_online() {
-    let mut sim = Simulator::start(0);
-    let port = sim.port;
+/// The simulator killed: the device goes offline; started again on the same link: the
+/// device comes back online and publishes every point again.
+async fn killed_and_restarted_is_offline_then_online(link: Link) {
+    let mut sim = Simulator::start(&link);
+    let link = sim.link.clone(); // The TCP port it bound, to take again.
     let mut run = Running::start(
         build("sim", Duration::from_millis(200), &device(&sim, "")),
         "sim",
@@ -388,7 +329,7 @@ async fn pymodbus_killed_and_restarted_is_offline_then_online() {
     sim.kill();
     run.until_online(false).await;
 
-    let sim = Simulator::start(port);
+    let sim = Simulator::start(&link);
     run.until_online(true).await;
     assert_eq!(
         values(&run.readings().await),
@@ -397,4 +338,81 @@ async fn pymodbus_killed_and_restarted_is_offline_then_online() {
         sim.log_text()
     );
     run.stop().await.expect("a clean stop");
+}
+
+#[tokio::test]
+async fn tcp_every_type_byte_order_and_table() {
+    every_type_byte_order_and_table(Link::Tcp(0)).await;
+}
+
+#[tokio::test]
+async fn rtu_every_type_byte_order_and_table() {
+    let socat = Socat::start();
+    every_type_byte_order_and_table(Link::rtu(&socat)).await;
+}
+
+#[tokio::test]
+async fn tcp_writes_are_read_back() {
+    writes_are_read_back(Link::Tcp(0)).await;
+}
+
+#[tokio::test]
+async fn rtu_writes_are_read_back() {
+    let socat = Socat::start();
+    writes_are_read_back(Link::rtu(&socat)).await;
+}
+
+#[tokio::test]
+async fn tcp_the_cli_reads() {
+    the_cli_reads(Link::Tcp(0)).await;
+}
+
+#[tokio::test]
+async fn rtu_the_cli_reads() {
+    let socat = Socat::start();
+    the_cli_reads(Link::rtu(&socat)).await;
+}
+
+#[tokio::test]
+async fn tcp_killed_and_restarted_is_offline_then_online() {
+    killed_and_restarted_is_offline_then_online(Link::Tcp(0)).await;
+}
+
+#[tokio::test]
+async fn rtu_killed_and_restarted_is_offline_then_online() {
+    let socat = Socat::start();
+    killed_and_restarted_is_offline_then_online(Link::rtu(&socat)).await;
+}
+
+/// Unit 2 on the simulator's line never answers (the simulator serves unit 1 only): that
+/// device times out and goes offline, and never publishes, while unit 1 on the same
+/// line and bus keeps publishing every point.
+#[tokio::test]
+async fn rtu_a_unit_that_never_answers_is_offline_while_unit_1_publishes() {
+    let socat = Socat::start();
+    let sim = Simulator::start(&Link::rtu(&socat));
+    let poll = Duration::from_millis(100);
+    let mut one = Running::start(build("one", poll, &device(&sim, "")), "one");
+    let silent = format!(
+        "{}timeout = \"200ms\"\nretries = 1\n[[point]]\nname = \"x\"\naddress = 8\n",
+        sim.transport(2)
+    );
+    let mut two = Running::start(build("two", poll, &silent), "two");
+    two.until_online(false).await;
+    for _ in 0..3 {
+        assert_eq!(
+            values(&one.readings().await),
+            expected(),
+            "{}",
+            sim.log_text()
+        );
+    }
+    // Still offline, and nothing published for unit 2, while unit 1 went on.
+    let events = two.events_for(Duration::from_millis(500)).await;
+    assert!(
+        events.iter().all(|e| matches!(e, Event::Online(false))),
+        "{events:?}"
+    );
+    one.stop().await.expect("a clean stop");
+    two.stop().await.expect("a clean stop");
 }

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""A Modbus TCP device played by pymodbus (a simulator nobody here wrote), for
-tests/pymodbus.rs.
+"""A Modbus device played by pymodbus (a simulator nobody here wrote), for
+tests/pymodbus.rs: Modbus TCP, or Modbus RTU on a serial port (one end of a socat pty
+pair).
 
-    python3 pymodbus_server.py PORT     # PORT 0: any free port
+    python3 pymodbus_server.py PORT              # TCP; PORT 0: any free port
+    python3 pymodbus_server.py --serial DEVICE   # RTU, 9600 8N1
 
-Serves unit 1 on 127.0.0.1:PORT and prints `listening 127.0.0.1:<port>` once it accepts
-connections; runs until it is killed. Written for pymodbus 3.16 (the SimData/SimDevice
+Serves unit 1 and prints `listening 127.0.0.1:<port>` (TCP) or `listening <DEVICE>`
+(RTU) once it takes requests; runs until it is killed. On RTU, a request to any other
+unit id gets no answer at all (a unit that is off). Written for pymodbus 3.16 (the SimData/SimDevice
 data model; the older ModbusDeviceContext is deprecated there). The register values
 that pymodbus does not encode itself (the byte orders other than ABCD) are packed here
 with `struct`, independently of the Rust decoder under test.
@@ -31,7 +34,7 @@ import sys
 
 try:
     import pymodbus
-    from pymodbus.server import ModbusTcpServer
+    from pymodbus.server import ModbusSerialServer, ModbusTcpServer
     from pymodbus.simulator import DataType, SimData, SimDevice
 except ImportError as e:  # A clear failure, never a skip: tests/run.sh installs it.
     sys.stderr.write(
@@ -88,7 +91,7 @@ def device():
     return SimDevice(id=1, simdata=(coils, discrete, holding, inputs))
 
 
-async def main(port):
+async def tcp(port):
     server = ModbusTcpServer(device(), address=("127.0.0.1", port))
     await server.serve_forever(background=True)
     sockets = server.transport.sockets if server.transport else []
@@ -97,7 +100,44 @@ async def main(port):
     await server.serving
 
 
+def only_unit_1(sending, packet):
+    """What goes on the line: nothing but the answers of unit 1."""
+    if sending and packet[:1] != b"\x01":
+        return b""
+    return packet
+
+
+async def serial(path):
+    try:
+        import serial as _  # noqa: F401  (pymodbus needs pyserial for serial ports)
+    except ImportError as e:
+        sys.exit(
+            f"pymodbus_server.py: cannot use serial ports ({e}); install pyserial with "
+            "`python3 -m pip install pyserial` (tests/run.sh does)"
+        )
+    server = ModbusSerialServer(
+        device(),
+        port=path,
+        baudrate=9600,
+        bytesize=8,
+        parity="N",
+        stopbits=1,
+        # Other unit ids share the line: stay silent for them, as a unit that is off.
+        # (pymodbus 3.16 answers exception 4 to an unknown id when the device is a
+        # SimDevice, whatever ignore_missing_devices says, so drop those frames here.)
+        trace_packet=only_unit_1,
+    )
+    await server.serve_forever(background=True)
+    if server.transport is None:
+        sys.exit(f"pymodbus_server.py: cannot open {path}")
+    print(f"listening {path} (pymodbus {pymodbus.__version__})", flush=True)
+    await server.serving
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serial":
+        asyncio.run(serial(sys.argv[2]))
+    elif len(sys.argv) == 2:
+        asyncio.run(tcp(int(sys.argv[1])))
+    else:
         sys.exit(__doc__)
-    asyncio.run(main(int(sys.argv[1])))

@@ -2,8 +2,7 @@
 //! the other. Two unit ids share the line (one bus task); a silent unit goes offline
 //! while the other keeps publishing; writes work over RTU too.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use sensorgate_api::Value;
@@ -11,72 +10,7 @@ use serde_json::json;
 use tokio_modbus::Request;
 
 mod common;
-use common::{build, values, Event, Running, Service, State, Unit, WAIT};
-
-/// A socat process joining two ptys; killed (by its PID) when dropped.
-struct Socat {
-    child: Child,
-    a: PathBuf,
-    b: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Socat {
-    /// `None` when socat is not installed (the test is then skipped, and says so).
-    fn start() -> Option<Socat> {
-        let dir = tempfile::TempDir::new().expect("temp dir");
-        let a = dir.path().join("a");
-        let b = dir.path().join("b");
-        let child = match Command::new("socat")
-            .arg("-d")
-            .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("socat not available ({e}): RTU test skipped");
-                return None;
-            }
-        };
-        let socat = Socat {
-            child,
-            a,
-            b,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + WAIT;
-        while !(socat.a.exists() && socat.b.exists()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "socat made no ptys within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(socat)
-    }
-}
-
-impl Drop for Socat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An RTU server on `path` over `state`, in a task.
-fn serve_rtu(path: &Path, state: std::sync::Arc<State>) -> tokio::task::JoinHandle<()> {
-    let serial = tokio_serial::SerialStream::open(&tokio_serial::new(path.to_string_lossy(), 9600))
-        .expect("open the server end of the pty");
-    let server = tokio_modbus::server::rtu::Server::new(serial);
-    tokio::spawn(async move {
-        let _ = server.serve_forever(Service(state)).await;
-    })
-}
+use common::{build, serve_rtu, values, Event, Running, Socat, State, Unit};
 
 fn rtu_device(port: &Path, unit: u8, extra: &str) -> String {
     format!(
@@ -108,7 +42,7 @@ fn unit(temp_words: [u16; 2], count: u32) -> Unit {
 
 #[tokio::test]
 async fn two_units_share_one_line_without_overlap() {
-    let Some(socat) = Socat::start() else { return };
+    let socat = Socat::start();
     // 21.5 in CDAB on unit 1, -3.0 (0xC0400000) on unit 2.
     let state = State::new([
         (1, unit([0x0000, 0x41AC], 7)),
@@ -147,7 +81,7 @@ async fn two_units_share_one_line_without_overlap() {
 
 #[tokio::test]
 async fn a_silent_unit_is_offline_while_its_neighbour_publishes() {
-    let Some(socat) = Socat::start() else { return };
+    let socat = Socat::start();
     let state = State::new([(1, unit([0, 0x41AC], 1)), (2, unit([0, 0x41AC], 2))]);
     let server = serve_rtu(&socat.b, state.clone());
     let poll = Duration::from_millis(50);
@@ -172,7 +106,7 @@ async fn a_silent_unit_is_offline_while_its_neighbour_publishes() {
 
 #[tokio::test]
 async fn writes_over_rtu() {
-    let Some(socat) = Socat::start() else { return };
+    let socat = Socat::start();
     let state = State::new([(3, unit([0, 0], 0))]);
     let server = serve_rtu(&socat.b, state.clone());
     let hour = Duration::from_secs(3600);
@@ -185,19 +119,8 @@ async fn writes_over_rtu() {
     );
     dev.set("run", json!(true)).await;
     assert_eq!(values(&dev.readings().await)["run"], Value::Bool(true));
-    let writes: Vec<Request<'static>> = state
-        .requests()
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| {
-            matches!(
-                r,
-                Request::WriteSingleRegister(..) | Request::WriteSingleCoil(..)
-            )
-        })
-        .collect();
     assert_eq!(
-        writes,
+        state.writes(),
         vec![
             Request::WriteSingleRegister(4, 45),
             Request::WriteSingleCoil(0, true)

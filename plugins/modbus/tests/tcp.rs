@@ -1,5 +1,5 @@
 //! The adapter against a real Modbus TCP device on 127.0.0.1 port 0: every type and byte
-//! order end to end, merged reads, exceptions, timeouts and reconnects, writes.
+//! order end to end (the map pymodbus serves too: `common::EVERY_TYPE`), merged reads, exceptions, timeouts and reconnects, writes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -10,125 +10,12 @@ use serde_json::json;
 use tokio_modbus::Request;
 
 mod common;
-use common::{build, values, Event, Running, State, TcpDevice, Unit};
+use common::{
+    build, every_type_unit, every_type_values, values, Event, Running, State, TcpDevice, Unit,
+    EVERY_TYPE,
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A device whose registers hold a value of every type, in every byte order.
-fn unit_of_every_type() -> Unit {
-    let mut u = Unit::default();
-    // f32 21.5 = 0x41AC0000 in ABCD, CDAB, BADC, DCBA at 0, 2, 4, 6.
-    u.holding_at(
-        0,
-        &[
-            0x41AC, 0x0000, 0x0000, 0x41AC, 0xAC41, 0x0000, 0x0000, 0xAC41,
-        ],
-    );
-    // u16 at 8, i16 -2 at 9, u32 0x12345678 CDAB at 10, i32 -100000 at 12.
-    u.holding_at(8, &[4242, 0xFFFE, 0x5678, 0x1234, 0xFFFE, 0x7960]);
-    // u64 0x0102030405060708 DCBA at 14, i64 -5 at 18, f64 -1.25 at 22.
-    u.holding_at(14, &[0x0807, 0x0605, 0x0403, 0x0201]);
-    u.holding_at(18, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFB]);
-    u.holding_at(22, &[0xBFF4, 0, 0, 0]);
-    // string "pump-7" in 4 registers at 26; status bits at 30 (bit 3 set, bit 4 clear).
-    u.holding_at(26, &[0x7075, 0x6D70, 0x2D37, 0x0000]);
-    u.holding_at(30, &[0x0008]);
-    // input 215 (x 0.1 = 21.5) at 0, with offset -40: 6150 * 0.01 - 40 = 21.5 at 1.
-    u.input_at(0, &[215, 6150]);
-    u.coils.insert(0, true);
-    u.coils.insert(1, false);
-    u.discrete.insert(5, true);
-    u
-}
-
-const EVERY_TYPE: &str = r#"
-[[point]]
-name = "f_abcd"
-address = 0
-type = "f32"
-[[point]]
-name = "f_cdab"
-address = 2
-type = "f32"
-byte_order = "CDAB"
-[[point]]
-name = "f_badc"
-address = 4
-type = "f32"
-byte_order = "BADC"
-[[point]]
-name = "f_dcba"
-address = 6
-type = "f32"
-byte_order = "DCBA"
-[[point]]
-name = "u16"
-address = 8
-[[point]]
-name = "i16"
-address = 9
-type = "i16"
-[[point]]
-name = "u32"
-address = 10
-type = "u32"
-byte_order = "CDAB"
-[[point]]
-name = "i32"
-address = 12
-type = "i32"
-[[point]]
-name = "u64"
-address = 14
-type = "u64"
-byte_order = "DCBA"
-[[point]]
-name = "i64"
-address = 18
-type = "i64"
-[[point]]
-name = "f64"
-address = 22
-type = "f64"
-[[point]]
-name = "label"
-address = 26
-type = "string"
-length = 4
-[[point]]
-name = "bit3"
-address = 30
-bit = 3
-[[point]]
-name = "bit4"
-address = 30
-bit = 4
-[[point]]
-name = "temp"
-table = "input"
-address = 0
-type = "i16"
-scale = 0.1
-unit = "°C"
-[[point]]
-name = "temp2"
-table = "input"
-address = 1
-scale = 0.01
-offset = -40
-[[point]]
-name = "pump"
-table = "coil"
-address = 0
-[[point]]
-name = "valve"
-table = "coil"
-address = 1
-[[point]]
-name = "alarm"
-table = "discrete"
-address = 5
-"#;
 
 fn tcp_device(addr: std::net::SocketAddr, extra: &str, points: &str) -> String {
     format!("transport = \"tcp\"\naddress = \"{addr}\"\nunit = 1\n{extra}\n{points}")
@@ -136,47 +23,22 @@ fn tcp_device(addr: std::net::SocketAddr, extra: &str, points: &str) -> String {
 
 #[tokio::test]
 async fn every_type_and_byte_order_end_to_end() {
-    let state = State::new([(1, unit_of_every_type())]);
+    let state = State::new([(1, every_type_unit())]);
     let dev = TcpDevice::start(state.clone()).await;
     let adapter = build("plc", HOUR, &tcp_device(dev.addr, "", EVERY_TYPE));
     let mut run = Running::start(adapter, "plc");
     let readings = run.readings().await;
-    let got = values(&readings);
-    let want: BTreeMap<String, Value> = [
-        ("f_abcd", Value::Float(21.5)),
-        ("f_cdab", Value::Float(21.5)),
-        ("f_badc", Value::Float(21.5)),
-        ("f_dcba", Value::Float(21.5)),
-        ("u16", Value::Int(4242)),
-        ("i16", Value::Int(-2)),
-        ("u32", Value::Int(0x1234_5678)),
-        ("i32", Value::Int(-100_000)),
-        ("u64", Value::Int(0x0102_0304_0506_0708)),
-        ("i64", Value::Int(-5)),
-        ("f64", Value::Float(-1.25)),
-        ("label", Value::Text("pump-7".into())),
-        ("bit3", Value::Bool(true)),
-        ("bit4", Value::Bool(false)),
-        ("temp", Value::Float(21.5)),
-        ("temp2", Value::Float(21.5)),
-        ("pump", Value::Bool(true)),
-        ("valve", Value::Bool(false)),
-        ("alarm", Value::Bool(true)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    assert_eq!(got, want);
+    assert_eq!(values(&readings), every_type_values());
     let temp = readings.iter().find(|r| &*r.point == "temp").expect("temp");
     assert_eq!(temp.unit.as_deref(), Some("°C"));
-    // 19 points in 4 requests: holding 0..30, input 0..1, coils 0..1, discrete 5.
-    let requests: Vec<Request<'static>> = state.requests().into_iter().map(|(_, r)| r).collect();
+    // 21 points in 4 requests: holding 0..33, input 0..1, coils 0..1, discrete 5.
+    let requests = state.request_list();
     assert_eq!(
         requests,
         vec![
             Request::ReadCoils(0, 2),
             Request::ReadDiscreteInputs(5, 1),
-            Request::ReadHoldingRegisters(0, 31),
+            Request::ReadHoldingRegisters(0, 34),
             Request::ReadInputRegisters(0, 2),
         ]
     );
@@ -206,12 +68,8 @@ async fn merged_reads_respect_gap_and_size_limits() {
             .any(|l| l.starts_with("read plan: 2 request(s)")),
         "{plan:?}"
     );
-    let mut run = Running::start(adapter, "a");
-    assert_eq!(run.readings().await.len(), 21);
-    run.stop().await.expect("stop");
-    let requests: Vec<Request<'static>> = state.requests().into_iter().map(|(_, r)| r).collect();
     assert_eq!(
-        requests,
+        one_poll(adapter, &state, 21).await,
         vec![
             Request::ReadHoldingRegisters(0, 96),
             Request::ReadHoldingRegisters(130, 1)
@@ -219,22 +77,10 @@ async fn merged_reads_respect_gap_and_size_limits() {
     );
 
     // A device that takes 32 registers at most, and no gaps.
-    state.clear_log();
-    let adapter = build(
-        "b",
-        HOUR,
-        &tcp_device(
-            dev.addr,
-            "max_registers_per_read = 32\nmax_gap = 4",
-            &points,
-        ),
-    );
-    let mut run = Running::start(adapter, "b");
-    assert_eq!(run.readings().await.len(), 21);
-    run.stop().await.expect("stop");
-    let requests: Vec<Request<'static>> = state.requests().into_iter().map(|(_, r)| r).collect();
+    let limits = "max_registers_per_read = 32\nmax_gap = 4";
+    let adapter = build("b", HOUR, &tcp_device(dev.addr, limits, &points));
     assert_eq!(
-        requests,
+        one_poll(adapter, &state, 21).await,
         vec![
             Request::ReadHoldingRegisters(0, 31),
             Request::ReadHoldingRegisters(35, 31),
@@ -242,6 +88,19 @@ async fn merged_reads_respect_gap_and_size_limits() {
             Request::ReadHoldingRegisters(130, 1),
         ]
     );
+}
+
+/// Run `adapter` until its first batch (of `readings` readings): the requests it made.
+async fn one_poll(
+    adapter: Box<dyn sensorgate_api::Adapter>,
+    state: &State,
+    readings: usize,
+) -> Vec<Request<'static>> {
+    state.clear_log();
+    let mut run = Running::start(adapter, "d");
+    assert_eq!(run.readings().await.len(), readings);
+    run.stop().await.expect("stop");
+    state.request_list()
 }
 
 #[tokio::test]
@@ -282,7 +141,7 @@ address = 50
         assert_eq!(got, want, "cycle {cycle}: the good points publish");
     }
     run.stop().await.expect("stop");
-    let requests: Vec<Request<'static>> = state.requests().into_iter().map(|(_, r)| r).collect();
+    let requests = state.request_list();
     // Cycle 1: the merged read fails, its points are read alone; the missing point fails.
     assert_eq!(
         requests[..5],
@@ -428,10 +287,11 @@ address = 0
 writable = true
 "#;
 
-#[tokio::test]
-async fn writes_go_through_scale_and_are_read_back() {
+/// A device with [`WRITABLE`]'s points against a server holding `mode` in register 4,
+/// after its first poll, with the request log cleared.
+async fn writable(mode: u16) -> (std::sync::Arc<State>, TcpDevice, Running) {
     let mut unit = Unit::default();
-    unit.holding_at(0, &[0, 0, 0, 0, 0x0001, 9]);
+    unit.holding_at(0, &[0, 0, 0, 0, mode, 9]);
     unit.coils.insert(0, false);
     let state = State::new([(1, unit)]);
     let dev = TcpDevice::start(state.clone()).await;
@@ -439,6 +299,12 @@ async fn writes_go_through_scale_and_are_read_back() {
     let mut run = Running::start(adapter, "w");
     run.readings().await;
     state.clear_log();
+    (state, dev, run)
+}
+
+#[tokio::test]
+async fn writes_go_through_scale_and_are_read_back() {
+    let (state, _dev, mut run) = writable(0x0001).await;
 
     // 21.5 = raw * 0.1 + 5: raw 165, function 6; then read back and published.
     run.set("setpoint", json!(21.5)).await;
@@ -467,19 +333,8 @@ async fn writes_go_through_scale_and_are_read_back() {
     assert_eq!(values(&run.readings().await)["pump"], Value::Bool(true));
     assert!(state.with_unit(1, |u| u.coils[&0]));
 
-    let writes: Vec<Request<'static>> = state
-        .requests()
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| {
-            !matches!(
-                r,
-                Request::ReadHoldingRegisters(..) | Request::ReadCoils(..)
-            )
-        })
-        .collect();
     assert_eq!(
-        writes,
+        state.writes(),
         vec![
             Request::WriteSingleRegister(0, 165),
             Request::WriteMultipleRegisters(2, vec![0, 0x41AC].into()),
@@ -492,15 +347,7 @@ async fn writes_go_through_scale_and_are_read_back() {
 
 #[tokio::test]
 async fn refused_writes_write_nothing() {
-    let mut unit = Unit::default();
-    unit.holding_at(0, &[0, 0, 0, 0, 0, 9]);
-    unit.coils.insert(0, false);
-    let state = State::new([(1, unit)]);
-    let dev = TcpDevice::start(state.clone()).await;
-    let adapter = build("w", HOUR, &tcp_device(dev.addr, "", WRITABLE));
-    let mut run = Running::start(adapter, "w");
-    run.readings().await;
-    state.clear_log();
+    let (state, _dev, mut run) = writable(0).await;
 
     run.set("setpoint", json!(30.5)).await; // over max
     run.set("setpoint", json!(4)).await; // under min

@@ -1,16 +1,14 @@
 //! Helpers shared by the tests: a real Modbus device (a tokio-modbus server over a
-//! register map, on TCP port 0 or a serial line), and a run of an adapter against a real
-//! events channel whose other end plays the daemon.
+//! register map, on TCP port 0 or a serial line: [`device`]), the register map of every
+//! type that both it and pymodbus serve, and a run of an adapter against a real events
+//! channel whose other end plays the daemon.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sensorgate_api::{
@@ -18,11 +16,13 @@ use sensorgate_api::{
     DeviceSpec, Plugin, Reading, Value,
 };
 use sensorgate_modbus::PLUGIN;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+
+pub mod device;
+#[allow(unused_imports)] // Not every test uses every one.
+pub use device::{Service, State, TcpDevice, Unit};
 
 /// Every wait in the tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -54,209 +54,234 @@ pub fn errors(table: &str) -> Vec<ConfigError> {
     }
 }
 
-/// The registers of one unit id. A register or bit not in a map does not exist: reading
-/// it is an "illegal data address" exception, as on a real device.
-#[derive(Debug, Default, Clone)]
-pub struct Unit {
-    pub holding: BTreeMap<u16, u16>,
-    pub input: BTreeMap<u16, u16>,
-    pub coils: BTreeMap<u16, bool>,
-    pub discrete: BTreeMap<u16, bool>,
-    /// Never answers (a unit that is off, or a wrong unit id).
-    pub silent: bool,
+/// The points of the register map of every type, on unit 1 (holding unless said
+/// otherwise, 0-based addresses as on the wire):
+///
+/// ```text
+///  0  f32 21.5 ABCD     2  f32 21.5 CDAB      4  f32 21.5 BADC    6  f32 21.5 DCBA
+///  8  u16 4242          9  i16 -2            10  i32 -100000     12  u32 0x12345678 CDAB
+/// 14  u64 0x0102030405060708                 18  i64 -5 DCBA     22  f64 -1.25
+/// 26  string "pump-7" (4 registers)          30  bits: 3 set, 4 clear (writable)
+/// 31  i16 215, scale 0.1 (writable)          32  f32 0.0 CDAB (writable)
+/// input 0: i16 215 x 0.1    input 1: 6150 x 0.01 - 40
+/// coil 0: on, coil 1: off (writable)    discrete 5: on
+/// ```
+///
+/// Served by [`every_type_unit`] here and by `tests/pymodbus_server.py`.
+pub const EVERY_TYPE: &str = r#"
+[[point]]
+name = "f_abcd"
+address = 0
+type = "f32"
+[[point]]
+name = "f_cdab"
+address = 2
+type = "f32"
+byte_order = "CDAB"
+[[point]]
+name = "f_badc"
+address = 4
+type = "f32"
+byte_order = "BADC"
+[[point]]
+name = "f_dcba"
+address = 6
+type = "f32"
+byte_order = "DCBA"
+[[point]]
+name = "u16"
+address = 8
+[[point]]
+name = "i16"
+address = 9
+type = "i16"
+[[point]]
+name = "i32"
+address = 10
+type = "i32"
+[[point]]
+name = "u32"
+address = 12
+type = "u32"
+byte_order = "CDAB"
+[[point]]
+name = "u64"
+address = 14
+type = "u64"
+[[point]]
+name = "i64"
+address = 18
+type = "i64"
+byte_order = "DCBA"
+[[point]]
+name = "f64"
+address = 22
+type = "f64"
+[[point]]
+name = "label"
+address = 26
+type = "string"
+length = 4
+[[point]]
+name = "bit3"
+address = 30
+bit = 3
+[[point]]
+name = "bit4"
+address = 30
+bit = 4
+writable = true
+[[point]]
+name = "setpoint"
+address = 31
+type = "i16"
+scale = 0.1
+unit = "°C"
+writable = true
+[[point]]
+name = "target"
+address = 32
+type = "f32"
+byte_order = "CDAB"
+writable = true
+[[point]]
+name = "temp"
+table = "input"
+address = 0
+type = "i16"
+scale = 0.1
+unit = "°C"
+[[point]]
+name = "temp2"
+table = "input"
+address = 1
+scale = 0.01
+offset = -40
+[[point]]
+name = "pump"
+table = "coil"
+address = 0
+[[point]]
+name = "valve"
+table = "coil"
+address = 1
+writable = true
+[[point]]
+name = "alarm"
+table = "discrete"
+address = 5
+"#;
+
+/// [`EVERY_TYPE`]'s registers as a [`Unit`] (bits 0..15 of both bit tables exist).
+pub fn every_type_unit() -> Unit {
+    let mut u = Unit::default();
+    // f32 21.5 = 0x41AC0000 in ABCD, CDAB, BADC, DCBA.
+    u.holding_at(0, &[0x41AC, 0, 0, 0x41AC, 0xAC41, 0, 0, 0xAC41]);
+    // 4242, -2, -100000 (0xFFFE7960), 0x12345678 word-swapped.
+    u.holding_at(8, &[4242, 0xFFFE, 0xFFFE, 0x7960, 0x5678, 0x1234]);
+    u.holding_at(14, &[0x0102, 0x0304, 0x0506, 0x0708]);
+    // -5 = 0xFFFFFFFFFFFFFFFB, bytes reversed.
+    u.holding_at(18, &[0xFBFF, 0xFFFF, 0xFFFF, 0xFFFF]);
+    // -1.25 = 0xBFF4000000000000.
+    u.holding_at(22, &[0xBFF4, 0, 0, 0]);
+    // "pump-7", NUL-padded; bit 3; 215; f32 0.0.
+    u.holding_at(26, &[0x7075, 0x6D70, 0x2D37, 0, 0x0008, 215, 0, 0]);
+    u.input_at(0, &[215, 6150]);
+    for i in 0..16 {
+        u.coils.insert(i, i == 0);
+        u.discrete.insert(i, i == 5);
+    }
+    u
 }
 
-impl Unit {
-    /// Holding registers from `start` on.
-    pub fn holding_at(&mut self, start: u16, words: &[u16]) -> &mut Self {
-        for (i, w) in words.iter().enumerate() {
-            self.holding.insert(start + i as u16, *w);
-        }
-        self
-    }
-
-    pub fn input_at(&mut self, start: u16, words: &[u16]) -> &mut Self {
-        for (i, w) in words.iter().enumerate() {
-            self.input.insert(start + i as u16, *w);
-        }
-        self
-    }
+/// What a first poll of [`EVERY_TYPE`] publishes.
+pub fn every_type_values() -> BTreeMap<String, Value> {
+    [
+        ("f_abcd", Value::Float(21.5)),
+        ("f_cdab", Value::Float(21.5)),
+        ("f_badc", Value::Float(21.5)),
+        ("f_dcba", Value::Float(21.5)),
+        ("u16", Value::Int(4242)),
+        ("i16", Value::Int(-2)),
+        ("i32", Value::Int(-100_000)),
+        ("u32", Value::Int(0x1234_5678)),
+        ("u64", Value::Int(0x0102_0304_0506_0708)),
+        ("i64", Value::Int(-5)),
+        ("f64", Value::Float(-1.25)),
+        ("label", Value::Text("pump-7".into())),
+        ("bit3", Value::Bool(true)),
+        ("bit4", Value::Bool(false)),
+        ("setpoint", Value::Float(21.5)),
+        ("target", Value::Float(0.0)),
+        ("temp", Value::Float(21.5)),
+        ("temp2", Value::Float(21.5)),
+        ("pump", Value::Bool(true)),
+        ("valve", Value::Bool(false)),
+        ("alarm", Value::Bool(true)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
-/// A fake device's state, shared with the test: the units by id, and every request it got.
-#[derive(Debug, Default)]
-pub struct State {
-    pub units: Mutex<HashMap<u8, Unit>>,
-    /// Every request, in order, with its unit id.
-    pub log: Mutex<Vec<(u8, Request<'static>)>>,
-    /// Requests being answered right now, and the most there ever were at once.
-    in_flight: AtomicUsize,
-    pub max_in_flight: AtomicUsize,
-    /// Connections accepted (TCP).
-    pub connections: AtomicUsize,
-    /// How long each answer takes.
-    pub answer_time: Mutex<Duration>,
+/// A socat process joining two ptys (`a`, `b`): a serial line without hardware; killed
+/// (by its PID) when dropped. socat missing is a failure (tests/run.sh installs it).
+pub struct Socat {
+    child: Child,
+    pub a: PathBuf,
+    pub b: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-impl State {
-    pub fn new(units: impl IntoIterator<Item = (u8, Unit)>) -> Arc<State> {
-        Arc::new(State {
-            units: Mutex::new(units.into_iter().collect()),
-            ..State::default()
-        })
-    }
-
-    pub fn with_unit<R>(&self, id: u8, f: impl FnOnce(&mut Unit) -> R) -> R {
-        let mut units = self.units.lock().expect("units lock");
-        f(units.entry(id).or_default())
-    }
-
-    pub fn requests(&self) -> Vec<(u8, Request<'static>)> {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    pub fn clear_log(&self) {
-        self.log.lock().expect("log lock").clear();
-    }
-
-    /// Answer one request as the device would; `None` = stay silent.
-    fn answer(&self, req: SlaveRequest<'static>) -> Result<Option<Response>, ExceptionCode> {
-        self.log
-            .lock()
-            .expect("log lock")
-            .push((req.slave, req.request.clone()));
-        let mut units = self.units.lock().expect("units lock");
-        let Some(unit) = units.get_mut(&req.slave) else {
-            return Ok(None);
+impl Socat {
+    /// Returns once both ptys exist.
+    pub fn start() -> Socat {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        let child = std::process::Command::new("socat")
+            .arg("-d")
+            .arg("-d")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("socat runs ({e}); `apt-get install socat`"));
+        let socat = Socat {
+            child,
+            a,
+            b,
+            _dir: dir,
         };
-        if unit.silent {
-            return Ok(None);
+        let deadline = std::time::Instant::now() + WAIT;
+        while !(socat.a.exists() && socat.b.exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "socat made no ptys within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        fn words(map: &BTreeMap<u16, u16>, a: u16, n: u16) -> Result<Vec<u16>, ExceptionCode> {
-            (a..a.saturating_add(n))
-                .map(|i| {
-                    map.get(&i)
-                        .copied()
-                        .ok_or(ExceptionCode::IllegalDataAddress)
-                })
-                .collect()
-        }
-        fn bits(map: &BTreeMap<u16, bool>, a: u16, n: u16) -> Result<Vec<bool>, ExceptionCode> {
-            (a..a.saturating_add(n))
-                .map(|i| {
-                    map.get(&i)
-                        .copied()
-                        .ok_or(ExceptionCode::IllegalDataAddress)
-                })
-                .collect()
-        }
-        let r = match req.request {
-            Request::ReadHoldingRegisters(a, n) => {
-                Response::ReadHoldingRegisters(words(&unit.holding, a, n)?)
-            }
-            Request::ReadInputRegisters(a, n) => {
-                Response::ReadInputRegisters(words(&unit.input, a, n)?)
-            }
-            Request::ReadCoils(a, n) => Response::ReadCoils(bits(&unit.coils, a, n)?),
-            Request::ReadDiscreteInputs(a, n) => {
-                Response::ReadDiscreteInputs(bits(&unit.discrete, a, n)?)
-            }
-            Request::WriteSingleRegister(a, w) => {
-                let slot = unit
-                    .holding
-                    .get_mut(&a)
-                    .ok_or(ExceptionCode::IllegalDataAddress)?;
-                *slot = w;
-                Response::WriteSingleRegister(a, w)
-            }
-            Request::WriteMultipleRegisters(a, ws) => {
-                words(&unit.holding, a, ws.len() as u16)?;
-                for (i, w) in ws.iter().enumerate() {
-                    unit.holding.insert(a + i as u16, *w);
-                }
-                Response::WriteMultipleRegisters(a, ws.len() as u16)
-            }
-            Request::WriteSingleCoil(a, b) => {
-                let slot = unit
-                    .coils
-                    .get_mut(&a)
-                    .ok_or(ExceptionCode::IllegalDataAddress)?;
-                *slot = b;
-                Response::WriteSingleCoil(a, b)
-            }
-            _ => return Err(ExceptionCode::IllegalFunction),
-        };
-        Ok(Some(r))
+        socat
     }
 }
 
-/// The tokio-modbus service over a [`State`].
-#[derive(Clone)]
-pub struct Service(pub Arc<State>);
-
-impl tokio_modbus::server::Service for Service {
-    type Request = SlaveRequest<'static>;
-    type Response = Option<Response>;
-    type Exception = ExceptionCode;
-    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        let state = self.0.clone();
-        Box::pin(async move {
-            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-            let delay = *state.answer_time.lock().expect("lock");
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let answer = state.answer(req);
-            state.in_flight.fetch_sub(1, Ordering::SeqCst);
-            answer
-        })
-    }
-}
-
-/// A Modbus TCP server on 127.0.0.1 over `state`; stopped when dropped.
-pub struct TcpDevice {
-    pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl TcpDevice {
-    /// On a free port.
-    pub async fn start(state: Arc<State>) -> TcpDevice {
-        TcpDevice::start_on("127.0.0.1:0".parse().expect("addr"), state).await
-    }
-
-    /// On `addr` (again, after a stop).
-    pub async fn start_on(addr: SocketAddr, state: Arc<State>) -> TcpDevice {
-        let listener = TcpListener::bind(addr).await.expect("bind a test port");
-        let addr = listener.local_addr().expect("local addr");
-        let server = tokio_modbus::server::tcp::Server::new(listener);
-        let task = tokio::spawn(async move {
-            let on_connected = |stream, _peer| {
-                let state = state.clone();
-                async move {
-                    state.connections.fetch_add(1, Ordering::SeqCst);
-                    Ok(Some((Service(state), stream)))
-                }
-            };
-            let _ = server.serve(&on_connected, |_e| {}).await;
-        });
-        TcpDevice { addr, task }
-    }
-
-    /// Stop listening and drop every connection.
-    pub async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for TcpDevice {
+impl Drop for Socat {
     fn drop(&mut self) {
-        self.task.abort();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// A tokio-modbus RTU server on the serial port `path` over `state`, in a task.
+pub fn serve_rtu(path: &Path, state: Arc<State>) -> JoinHandle<()> {
+    let serial = tokio_serial::SerialStream::open(&tokio_serial::new(path.to_string_lossy(), 9600))
+        .expect("open the server end of the pty");
+    let server = tokio_modbus::server::rtu::Server::new(serial);
+    tokio::spawn(async move {
+        let _ = server.serve_forever(Service(state)).await;
+    })
 }
 
 /// What the fake daemon saw.
