@@ -77,10 +77,15 @@ struct Payload<'a> {
 
 /// The JSON payload of a reading: `{"value": 21.5, "unit": "°C", "ts": "…Z"}`.
 pub fn payload(r: &Reading) -> Vec<u8> {
+    payload_with_ts(r, format_ts(r.ts))
+}
+
+/// [`payload`] with the reading's `ts` already formatted.
+fn payload_with_ts(r: &Reading, ts: String) -> Vec<u8> {
     let p = Payload {
         value: &r.value,
         unit: r.unit.as_deref(),
-        ts: format_ts(r.ts),
+        ts,
     };
     // Serializing plain data to a Vec cannot fail; an empty payload would be visible.
     serde_json::to_vec(&p).unwrap_or_default()
@@ -101,6 +106,8 @@ pub struct Stats {
 /// Turn readings into messages; bad ones are skipped (and counted).
 fn messages(topics: &Topics, readings: &[Reading], stats: &mut Stats) -> Vec<Message> {
     let mut out = Vec::with_capacity(readings.len());
+    // The readings of one poll share their time: format it once.
+    let mut ts: Option<(std::time::SystemTime, String)> = None;
     for r in readings {
         if let Quality::Bad(why) = &r.quality {
             stats.skipped += 1;
@@ -138,9 +145,17 @@ fn messages(topics: &Topics, readings: &[Reading], stats: &mut Stats) -> Vec<Mes
             );
             continue;
         }
+        let text = match &ts {
+            Some((t, text)) if *t == r.ts => text.clone(),
+            _ => {
+                let text = format_ts(r.ts);
+                ts = Some((r.ts, text.clone()));
+                text
+            }
+        };
         out.push(Message::new(
             topics.point(&r.device, &r.point),
-            payload(r),
+            payload_with_ts(r, text),
             true,
         ));
     }
