@@ -229,3 +229,76 @@ impl tracing::Subscriber for ForwardEvents {
 
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::kv::{Key, Source, Value, VisitSource};
+
+    /// The key-values a journal record would carry, as (KEY, value) text.
+    fn fields(source: &dyn Source) -> Vec<(String, String)> {
+        struct Collect(Vec<(String, String)>);
+        impl<'kvs> VisitSource<'kvs> for Collect {
+            fn visit_pair(
+                &mut self,
+                key: Key<'kvs>,
+                value: Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
+                self.0.push((key.to_string(), value.to_string()));
+                Ok(())
+            }
+        }
+        let mut c = Collect(Vec::new());
+        source.visit(&mut c).expect("visit");
+        c.0
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_scope_adds_device_and_plugin_unless_the_record_names_them() {
+        let scope = Scope {
+            device: "boiler".into(),
+            plugin: "modbus".to_string(),
+        };
+        let own = [("point", "flow")];
+        let with = WithScope {
+            own: &own,
+            scope: &scope,
+        };
+        assert_eq!(
+            fields(&with),
+            pairs(&[
+                ("point", "flow"),
+                ("device", "boiler"),
+                ("plugin", "modbus")
+            ])
+        );
+
+        let own = [("device", "pump")];
+        let with = WithScope {
+            own: &own,
+            scope: &scope,
+        };
+        assert_eq!(
+            fields(&with),
+            pairs(&[("device", "pump"), ("plugin", "modbus")])
+        );
+    }
+
+    #[test]
+    fn device_scope_is_seen_inside_and_not_outside() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let inside = rt.block_on(device_scope("boiler".into(), "sim", async {
+            SCOPE.try_with(|s| (s.device.to_string(), s.plugin.clone()))
+        }));
+        assert_eq!(inside.ok(), Some(("boiler".to_string(), "sim".to_string())));
+        assert!(SCOPE.try_with(|_| ()).is_err());
+    }
+}
