@@ -12,7 +12,7 @@
 #               default config, then the daemon on a test config (a free port, one sim
 #               device) until a reading arrives over MQTT (mosquitto_sub); SIGTERM by PID
 #   --deb       build the .deb (`cargo deb --target … --no-build`) and run lintian on it
-#   --profile P cargo profile (default: release; CI uses ci-cross, see Cargo.toml)
+#   --profile P cargo profile (default: release, as CI builds it)
 #   --cc gcc    Debian's cross gcc instead of zig: the binary then needs the build
 #               machine's glibc (2.36 on bookworm) and does not run on bullseye
 #
