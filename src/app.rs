@@ -7,8 +7,10 @@
 //! upstream; every device and the gateway go `offline` locally; wait until the broker has
 //! routed that, then return (rumqttd cannot be stopped: its threads end with the process).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use sd_notify::NotifyState;
 
 use sensorgate_api::{AdapterContext, AdapterError, Backoff, Command};
 use tokio::sync::mpsc;
@@ -81,6 +83,10 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         .enabled
         .then(|| Discovery::status_topic(&config.homeassistant));
     internal.extend(ha_status.clone());
+    let systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    if systemd {
+        internal.push(topics.availability("+"));
+    }
     let outbox = match &config.upstream {
         Some(up) => {
             internal.extend(Bridge::local_filters(up));
@@ -88,6 +94,7 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         }
         None => None,
     };
+    let status_outbox = outbox.clone();
     let broker = broker::start(&config.broker, &internal).await?;
     log::info!(
         "broker listening on {} (MQTT 3.1.1){}",
@@ -190,7 +197,14 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         topics.prefix()
     );
 
-    cancel.cancelled().await;
+    if systemd {
+        let availability = broker.subscribe(&[topics.availability("+")])?;
+        Systemd::new(&topics, &device_names, availability, status_outbox)
+            .run_until(&cancel)
+            .await;
+    } else {
+        cancel.cancelled().await;
+    }
 
     // Ordered stop.
     router.abort();
@@ -262,13 +276,17 @@ async fn supervise(device: Device, mut ctx: AdapterContext) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     if let Err(e) = std::fs::create_dir_all(&device.spec.state_dir) {
         log::warn!(
+            device = &*name, plugin = device.spec.plugin.as_str();
             "device {name}: cannot create its state folder {}: {e}",
             device.spec.state_dir.display()
         );
     }
     loop {
         let result = match device.plugin.build(&device.spec) {
-            Ok(mut adapter) => adapter.run(&mut ctx).await,
+            Ok(mut adapter) => {
+                let plugin = device.spec.plugin.as_str();
+                crate::logging::device_scope(name.clone(), plugin, adapter.run(&mut ctx)).await
+            }
             Err(errs) => Err(AdapterError::Fatal(
                 errs.iter()
                     .map(|e| e.to_string())
@@ -284,6 +302,7 @@ async fn supervise(device: Device, mut ctx: AdapterContext) {
                 }
                 let delay = backoff.next_delay();
                 log::warn!(
+                    device = &*name, plugin = device.spec.plugin.as_str();
                     "device {name} ({}) failed: {e}; starting it again in {}",
                     device.spec.plugin,
                     humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
@@ -307,7 +326,7 @@ async fn route_commands(
             continue;
         };
         let Some(tx) = devices.get(device) else {
-            log::warn!("write to {} ignored: no device {device:?}", msg.topic);
+            log::warn!(device, point; "write to {} ignored: no device {device:?}", msg.topic);
             continue;
         };
         let text = String::from_utf8_lossy(&msg.payload);
@@ -318,7 +337,121 @@ async fn route_commands(
             value,
         };
         if tx.try_send(cmd).is_err() {
-            log::warn!("write to {} dropped: device {device} is busy", msg.topic);
+            log::warn!(device, point; "write to {} dropped: device {device} is busy", msg.topic);
         }
+    }
+}
+
+/// How often `systemctl status` gets a fresh STATUS= line when no watchdog asks for more.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// systemd's notify protocol (`Type=notify`, only when `NOTIFY_SOCKET` is set): READY=1
+/// once the broker listens and every device task has started; WATCHDOG=1 from this main
+/// loop at half of `WatchdogSec=`, but only while the outbox answers (a hung daemon is
+/// restarted); STATUS= with the devices online and the buffer depth.
+struct Systemd {
+    prefix: String,
+    /// Every configured device, and whether its last availability said `online`.
+    online: BTreeMap<String, bool>,
+    /// `<prefix>/+/availability` from the broker.
+    availability: mpsc::Receiver<Message>,
+    /// The upstream outbox (its depth); none without `[upstream]`.
+    outbox: Option<Outbox>,
+    status: String,
+}
+
+impl Systemd {
+    fn new(
+        topics: &Topics,
+        devices: &[String],
+        availability: mpsc::Receiver<Message>,
+        outbox: Option<Outbox>,
+    ) -> Systemd {
+        Systemd {
+            prefix: format!("{}/", topics.prefix()),
+            online: devices.iter().map(|d| (d.clone(), false)).collect(),
+            availability,
+            outbox,
+            status: String::new(),
+        }
+    }
+
+    fn notify(states: &[NotifyState]) {
+        if let Err(e) = sd_notify::notify(false, states) {
+            log::debug!("systemd notify failed: {e}");
+        }
+    }
+
+    /// Note a `<prefix>/<device>/availability` message of a configured device.
+    fn seen(&mut self, m: &Message) {
+        let device = m
+            .topic
+            .strip_prefix(&self.prefix)
+            .and_then(|t| t.strip_suffix("/availability"));
+        if let Some(online) = device.and_then(|d| self.online.get_mut(d)) {
+            *online = m.payload.as_ref() == availability(true).as_bytes();
+        }
+    }
+
+    /// The STATUS= text; `None` when the outbox did not answer in time.
+    async fn status(&self, limit: Duration) -> Option<String> {
+        let up = self.online.values().filter(|o| **o).count();
+        let devices = format!("{up}/{} device(s) online", self.online.len());
+        let Some(outbox) = &self.outbox else {
+            return Some(format!("{devices}, no upstream"));
+        };
+        match tokio::time::timeout(limit, outbox.stats()).await {
+            Ok(Ok(s)) => Some(format!(
+                "{devices}, buffer {} message(s), {}",
+                s.count,
+                bytesize::ByteSize(s.bytes.max(0) as u64)
+            )),
+            Ok(Err(e)) => Some(format!("{devices}, buffer unreadable: {e}")),
+            Err(_) => None,
+        }
+    }
+
+    async fn run_until(mut self, cancel: &CancellationToken) {
+        let mut usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
+            .then(|| Duration::from_micros(usec / 2))
+            .filter(|d| !d.is_zero());
+        let period = watchdog.map_or(STATUS_INTERVAL, |w| w.min(STATUS_INTERVAL));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ready = false;
+        let mut listening = true;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = self.availability.recv(), if listening => match m {
+                    Some(m) => self.seen(&m),
+                    None => listening = false,
+                },
+                _ = tick.tick() => {
+                    let Some(status) = self.status(period).await else {
+                        log::warn!(
+                            "the buffer did not answer within {} ms; no watchdog ping",
+                            period.as_millis()
+                        );
+                        continue;
+                    };
+                    let mut states = vec![NotifyState::Status(&status)];
+                    if !ready {
+                        states.push(NotifyState::Ready);
+                    }
+                    if watchdog.is_some() {
+                        states.push(NotifyState::Watchdog);
+                    }
+                    if ready && status == self.status && watchdog.is_none() {
+                        continue;
+                    }
+                    Self::notify(&states);
+                    ready = true;
+                    self.status = status;
+                }
+            }
+        }
+        Self::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 }

@@ -2,6 +2,13 @@
 //! names our stderr), to stderr otherwise; and rumqttd's `tracing` events forwarded into
 //! it without their spans (through tracing's own `log` bridge each span becomes an
 //! ERROR record: thousands of lines for a few thousand publishes).
+//!
+//! In the journal a record's key-values become fields: the daemon writes
+//! `log::warn!(device = name, point; "…")`, so `journalctl -u sensorgate DEVICE=boiler`
+//! (and `POINT=`, `PLUGIN=`) select them. Records logged inside [`device_scope`] (a
+//! device's adapter, plugin code included) get `DEVICE=` and `PLUGIN=` added when they
+//! do not name a device themselves. On stderr the message text alone is printed (it
+//! names the device already).
 
 use std::io::Write;
 use std::str::FromStr;
@@ -22,16 +29,95 @@ pub fn init(level: LevelFilter) {
         .then(|| systemd_journal_logger::JournalLog::new().ok())
         .flatten();
     let installed = match journal {
-        Some(j) => j
-            .with_syslog_identifier("sensorgate".to_string())
-            .install()
-            .is_ok(),
+        Some(j) => log::set_boxed_logger(Box::new(Journal(
+            j.with_syslog_identifier("sensorgate".to_string()),
+        )))
+        .is_ok(),
         None => log::set_boxed_logger(Box::new(Stderr)).is_ok(),
     };
     if installed {
         log::set_max_level(level);
     }
     let _ = tracing::subscriber::set_global_default(ForwardEvents);
+}
+
+/// The device (name, plugin) whose adapter runs in the current task.
+#[derive(Clone)]
+struct Scope {
+    device: std::sync::Arc<str>,
+    plugin: String,
+}
+
+tokio::task_local! {
+    static SCOPE: Scope;
+}
+
+/// Run `fut` (a device's adapter) so that the journal records it logs carry
+/// `DEVICE=device` and `PLUGIN=plugin` (tasks it spawns do not inherit them).
+pub async fn device_scope<F: std::future::Future>(
+    device: std::sync::Arc<str>,
+    plugin: &str,
+    fut: F,
+) -> F::Output {
+    let scope = Scope {
+        device,
+        plugin: plugin.to_string(),
+    };
+    SCOPE.scope(scope, fut).await
+}
+
+/// A record's own key-values, then the scope's DEVICE and PLUGIN unless it has them.
+struct WithScope<'a> {
+    own: &'a dyn log::kv::Source,
+    scope: &'a Scope,
+}
+
+impl log::kv::Source for WithScope<'_> {
+    fn visit<'kvs>(
+        &'kvs self,
+        visitor: &mut dyn log::kv::VisitSource<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        self.own.visit(visitor)?;
+        if self.own.get(log::kv::Key::from("device")).is_none() {
+            visitor.visit_pair(
+                log::kv::Key::from("device"),
+                log::kv::Value::from(&*self.scope.device),
+            )?;
+        }
+        if self.own.get(log::kv::Key::from("plugin")).is_none() {
+            visitor.visit_pair(
+                log::kv::Key::from("plugin"),
+                log::kv::Value::from(self.scope.plugin.as_str()),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The journal logger, with the device scope added to each record.
+struct Journal(systemd_journal_logger::JournalLog);
+
+impl Log for Journal {
+    fn enabled(&self, m: &Metadata) -> bool {
+        self.0.enabled(m)
+    }
+
+    fn log(&self, r: &Record) {
+        let scoped = SCOPE.try_with(|scope| {
+            let kvs = WithScope {
+                own: r.key_values(),
+                scope,
+            };
+            self.0.log(&r.to_builder().key_values(&kvs).build());
+        });
+        if scoped.is_err() {
+            self.0.log(r);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// `2026-11-22T02:46:03.123Z INFO  sensorgate::app: message`
@@ -142,4 +228,77 @@ impl tracing::Subscriber for ForwardEvents {
     fn enter(&self, _: &tracing::span::Id) {}
 
     fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::kv::{Key, Source, Value, VisitSource};
+
+    /// The key-values a journal record would carry, as (KEY, value) text.
+    fn fields(source: &dyn Source) -> Vec<(String, String)> {
+        struct Collect(Vec<(String, String)>);
+        impl<'kvs> VisitSource<'kvs> for Collect {
+            fn visit_pair(
+                &mut self,
+                key: Key<'kvs>,
+                value: Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
+                self.0.push((key.to_string(), value.to_string()));
+                Ok(())
+            }
+        }
+        let mut c = Collect(Vec::new());
+        source.visit(&mut c).expect("visit");
+        c.0
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_scope_adds_device_and_plugin_unless_the_record_names_them() {
+        let scope = Scope {
+            device: "boiler".into(),
+            plugin: "modbus".to_string(),
+        };
+        let own = [("point", "flow")];
+        let with = WithScope {
+            own: &own,
+            scope: &scope,
+        };
+        assert_eq!(
+            fields(&with),
+            pairs(&[
+                ("point", "flow"),
+                ("device", "boiler"),
+                ("plugin", "modbus")
+            ])
+        );
+
+        let own = [("device", "pump")];
+        let with = WithScope {
+            own: &own,
+            scope: &scope,
+        };
+        assert_eq!(
+            fields(&with),
+            pairs(&[("device", "pump"), ("plugin", "modbus")])
+        );
+    }
+
+    #[test]
+    fn device_scope_is_seen_inside_and_not_outside() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let inside = rt.block_on(device_scope("boiler".into(), "sim", async {
+            SCOPE.try_with(|s| (s.device.to_string(), s.plugin.clone()))
+        }));
+        assert_eq!(inside.ok(), Some(("boiler".to_string(), "sim".to_string())));
+        assert!(SCOPE.try_with(|_| ()).is_err());
+    }
 }

@@ -112,6 +112,7 @@ fn messages(topics: &Topics, readings: &[Reading], stats: &mut Stats) -> Vec<Mes
         if let Quality::Bad(why) = &r.quality {
             stats.skipped += 1;
             log::debug!(
+                device = &*r.device, point = &*r.point;
                 "device {} point {}: bad reading not published: {why}",
                 r.device,
                 r.point
@@ -138,6 +139,7 @@ fn messages(topics: &Topics, readings: &[Reading], stats: &mut Stats) -> Vec<Mes
         if !r.value.is_publishable() {
             stats.skipped += 1;
             log::debug!(
+                device = &*r.device, point = &*r.point;
                 "device {} point {}: {} is not a publishable value",
                 r.device,
                 r.point,
@@ -257,10 +259,10 @@ pub async fn run(
                 }
                 DeviceEvent::Availability { device, online } => {
                     if online {
-                        log::info!("device {device} online");
+                        log::info!(device = &*device; "device {device} online");
                         stats.devices_seen.insert(device.clone());
                     } else {
-                        log::info!("device {device} offline");
+                        log::info!(device = &*device; "device {device} offline");
                     }
                     batch.push(Message::new(
                         topics.availability(&device),
