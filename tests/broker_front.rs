@@ -322,3 +322,37 @@ fn a_client_connecting_in_a_loop_is_slowed_down_and_others_are_not() {
     // Another source address is not affected.
     assert_eq!(raw_connect("127.0.0.2", a), Some(0));
 }
+
+#[tokio::test]
+async fn a_client_silent_past_its_keepalive_is_disconnected_and_its_will_sent() {
+    let s = Setup::new("");
+    let _d = s.start();
+    let a = s.addr();
+    let watcher = Sub::connect(a, "watcher", "will/#").await;
+    // CONNECT, keepalive 1 s, will "will/quiet" = "gone", then silence.
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x06, 0, 1, 0, 5];
+    body.extend_from_slice(b"quiet");
+    body.extend_from_slice(&[0, 10]);
+    body.extend_from_slice(b"will/quiet");
+    body.extend_from_slice(&[0, 4]);
+    body.extend_from_slice(b"gone");
+    let mut pkt = vec![0x10, body.len() as u8];
+    pkt.extend_from_slice(&body);
+    let quiet = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(a).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        c.write_all(&pkt).expect("CONNECT");
+        let mut ack = [0u8; 4];
+        c.read_exact(&mut ack).expect("CONNACK");
+        assert_eq!(ack, [0x20, 2, 0, 0]);
+        let mut rest = [0u8; 1];
+        // The front closes the connection (EOF), rather than the read timing out.
+        c.read(&mut rest).expect("closed, not timed out")
+    })
+    .await
+    .expect("quiet client");
+    assert_eq!(quiet, 0);
+    let will = watcher.wait_for(WAIT, |m| m.topic == "will/quiet").await;
+    assert_eq!(will.map(|m| m.payload), Some("gone".to_string()));
+}
