@@ -115,6 +115,7 @@ MQ_PORT=$(free_port)
 mkdir -p "$TMP/mq"
 cat >"$TMP/mq/mosquitto.conf" <<EOF
 listener $MQ_PORT 127.0.0.1
+user $(id -un)
 allow_anonymous false
 password_file $TMP/passwd
 acl_file $TMP/acl
