@@ -105,7 +105,7 @@ listen = "127.0.0.1:$SG_PORT"
 password_file = "$TMP/passwd"
 acl_file = "$TMP/acl"
 EOF
-"$SENSORGATE" --log-level debug run --config "$TMP/sg/sensorgate.toml" >"$TMP/sg/log" 2>&1 &
+"$SENSORGATE" run --config "$TMP/sg/sensorgate.toml" >"$TMP/sg/log" 2>&1 &
 PIDS+=($!)
 wait_port "$SG_PORT" || { tail -n 20 "$TMP/sg/log" >&2; die "sensorgate did not start"; }
 INTERNAL=$(sed -n 's/.*internal broker: MQTT 3.1.1 on 127.0.0.1:\([0-9]*\).*/\1/p' "$TMP/sg/log" | head -n 1)

@@ -263,7 +263,7 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     let internal_v4 = internal_addr()?;
     let internal_v5 = internal_addr()?;
     let front = Arc::new(Front::new(policy(cfg, internal_v4, internal_v5)?));
-    log::debug!("internal broker: MQTT 3.1.1 on {internal_v4}, MQTT 5 on {internal_v5}");
+    log::info!("internal broker: MQTT 3.1.1 on {internal_v4}, MQTT 5 on {internal_v5}");
 
     let router = RouterConfig {
         max_connections: cfg.max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
