@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,9 @@ struct Session {
     username: Option<String>,
     /// PINGREQs the front sent rumqttd itself, whose PINGRESPs are not the client's.
     pings: AtomicU32,
+    /// Every filter subscribed to so far lies wholly inside what the ACL lets the client
+    /// read, so deliveries need no per-message Read check.
+    all_readable: AtomicBool,
     /// SUBSCRIBEs forwarded with some filters taken out: per packet id, the code of
     /// each original filter that was refused (None = forwarded, code from rumqttd).
     pending: Mutex<HashMap<u16, Vec<Option<u8>>>>,
@@ -325,6 +328,7 @@ impl Front {
             client_id: c.client_id.to_string(),
             username: c.username.map(str::to_string),
             pings: AtomicU32::new(0),
+            all_readable: AtomicBool::new(true),
             pending: Mutex::new(HashMap::new()),
         };
         let password = c.password.map(<[u8]>::to_vec);
@@ -522,7 +526,7 @@ impl Front {
                     return Ok(Verdict::Forward);
                 };
                 let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
-                if acl.allows(s.client(), topic, Access::Write) {
+                if st.decisions.allows(acl, s.client(), topic, Access::Write) {
                     return Ok(Verdict::Forward);
                 }
                 let n = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
@@ -580,6 +584,11 @@ impl Front {
                         );
                         codes.push(Some(SUB_FAILED));
                     } else {
+                        if let Some(acl) = &self.policy.acl {
+                            if !acl.allows_whole_subscription(s.client(), filter) {
+                                s.all_readable.store(false, Ordering::Relaxed);
+                            }
+                        }
                         st.subscriptions.insert(filter.to_string());
                         allowed.push((filter, options));
                         codes.push(None);
@@ -688,9 +697,12 @@ impl Front {
                 let Some(acl) = &self.policy.acl else {
                     return Ok(Verdict::Forward);
                 };
+                if s.all_readable.load(Ordering::Relaxed) {
+                    return Ok(Verdict::Forward);
+                }
                 let publish = p::parse_publish(pkt, f, s.level)?;
                 let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
-                if acl.allows(s.client(), topic, Access::Read) {
+                if st.decisions.allows(acl, s.client(), topic, Access::Read) {
                     return Ok(Verdict::Forward);
                 }
                 match publish.qos {
@@ -748,6 +760,7 @@ impl Front {
 #[derive(Default)]
 struct UpState {
     aliases: Aliases,
+    decisions: Decisions,
     /// Distinct filters subscribed to (max_subscriptions_per_client).
     subscriptions: HashSet<String>,
     /// QoS 2 PUBLISHes the ACL dropped, whose PUBREL the front answers.
@@ -758,7 +771,30 @@ struct UpState {
 #[derive(Default)]
 struct DownState {
     aliases: Aliases,
+    decisions: Decisions,
     dropped_qos2: HashSet<u16>,
+}
+
+/// ACL decisions of one client and direction by topic (the client, and so the answer
+/// for a topic, never changes during a session; devices publish on a few topics).
+#[derive(Default)]
+struct Decisions(HashMap<String, bool>);
+
+/// Topics remembered per client and direction before the cache starts over.
+const DECISIONS_KEPT: usize = 4096;
+
+impl Decisions {
+    fn allows(&mut self, acl: &Acl, client: Client<'_>, topic: &str, access: Access) -> bool {
+        if let Some(&ok) = self.0.get(topic) {
+            return ok;
+        }
+        let ok = acl.allows(client, topic, access);
+        if self.0.len() >= DECISIONS_KEPT {
+            self.0.clear();
+        }
+        self.0.insert(topic.to_string(), ok);
+        ok
+    }
 }
 
 /// MQTT 5 topic aliases of one direction.
