@@ -16,9 +16,16 @@
 //! - Binding port 0 works but the real port is never told, and a port in use is only
 //!   logged: each listener is bound once here first, for a clear start-up error, and
 //!   the broker is only called ready once it answers an MQTT CONNECT.
+//!
+//! rumqttd listens only on loopback ports chosen at start; the configured listeners
+//! belong to [`front`], which checks CONNECT / SUBSCRIBE / PUBLISH (password file, ACL,
+//! limits, TLS) and passes the rest through. The daemon's own links bypass the front.
 
 pub mod acl;
+pub mod front;
+pub mod packet;
 pub mod passwd;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -32,6 +39,10 @@ use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use tokio::sync::{mpsc, oneshot};
 
+use self::acl::{Acl, AclError};
+use self::front::{Front, Policy};
+use self::passwd::{PasswdError, PasswordFile};
+
 use crate::config::BrokerConfig;
 use crate::topic;
 
@@ -42,8 +53,14 @@ const SEGMENT_SIZE: usize = 1024 * 1024;
 const SEGMENT_COUNT: usize = 2;
 /// In-process links count against rumqttd's connection limit.
 const INTERNAL_LINKS: usize = 2;
+/// rumqttd's own connection limit, above the front's (which is the one clients meet):
+/// connections the front has closed may still be counted there for a moment.
+const INTERNAL_SPARE_CONNECTIONS: usize = 64;
 /// How long a client may take to send CONNECT after its TCP connect.
 const CONNECT_TIMEOUT_MS: u16 = 10_000;
+/// What a PUBLISH may carry besides its payload; rumqttd's own packet limit is the
+/// payload limit plus this, so that the front is the one that decides.
+const PACKET_SLACK: u64 = 2 * 65_536 + 16;
 /// Messages waiting for the publishing thread; a full queue makes publishers wait.
 const COMMAND_QUEUE: usize = 1024;
 /// Messages waiting for one in-process subscriber before they are dropped (counted).
@@ -85,6 +102,14 @@ pub enum BrokerError {
     NotPlanned(String),
     #[error("cannot start a broker thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("broker.password_file {0}")]
+    Passwords(#[from] PasswdError),
+    #[error("broker.acl_file {0}")]
+    Acl(#[from] AclError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("no free loopback port for the internal broker: {0}")]
+    InternalPort(std::io::Error),
 }
 
 enum Command {
@@ -157,7 +182,8 @@ fn settings(name: &str, listen: SocketAddr, cfg: &BrokerConfig) -> ServerSetting
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
             connection_timeout_ms: CONNECT_TIMEOUT_MS,
-            max_payload_size: usize::try_from(cfg.max_payload_size).unwrap_or(usize::MAX),
+            max_payload_size: usize::try_from(cfg.max_payload_size + PACKET_SLACK)
+                .unwrap_or(usize::MAX),
             // rumqttd reads this many packets per batch from one client.
             max_inflight_count: usize::from(cfg.max_inflight),
             auth: None,
@@ -168,11 +194,49 @@ fn settings(name: &str, listen: SocketAddr, cfg: &BrokerConfig) -> ServerSetting
     }
 }
 
-/// Bind once, to turn "address in use" into a start-up error rather than a log line.
-fn probe_bind(addr: SocketAddr, key: &'static str) -> Result<(), BrokerError> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
+/// A loopback port that was free a moment ago, for one of rumqttd's internal listeners.
+fn internal_addr() -> Result<SocketAddr, BrokerError> {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(BrokerError::InternalPort)
+}
+
+/// Bind a listener of the front: "address in use" is a start-up error.
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpListener, BrokerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
         .map_err(|source| BrokerError::Listen { addr, key, source })
+}
+
+/// What the front enforces, with the password and ACL files read.
+fn policy(
+    cfg: &BrokerConfig,
+    internal_v4: SocketAddr,
+    internal_v5: SocketAddr,
+) -> Result<Policy, BrokerError> {
+    let passwords = if cfg.password_file.is_empty() {
+        None
+    } else {
+        Some(PasswordFile::load(std::path::Path::new(
+            &cfg.password_file,
+        ))?)
+    };
+    let acl = if cfg.acl_file.is_empty() {
+        None
+    } else {
+        Some(Acl::load(std::path::Path::new(&cfg.acl_file))?)
+    };
+    Ok(Policy {
+        passwords,
+        acl,
+        allow_anonymous: cfg.anonymous_allowed(),
+        max_connections: cfg.max_connections,
+        max_subscriptions: cfg.max_subscriptions_per_client,
+        max_keepalive: u16::try_from(cfg.max_keepalive.as_secs()).unwrap_or(u16::MAX),
+        max_payload: usize::try_from(cfg.max_payload_size).unwrap_or(usize::MAX),
+        internal_v4,
+        internal_v5,
+    })
 }
 
 /// Start the broker from `[broker]` and return once it accepts MQTT connections.
@@ -183,14 +247,26 @@ fn probe_bind(addr: SocketAddr, key: &'static str) -> Result<(), BrokerError> {
 /// the handle sorts messages to subscribers itself.
 pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHandle, BrokerError> {
     let listen = cfg.listen_addr().ok_or(BrokerError::Gone)?;
-    probe_bind(listen, "listen")?;
+    let listener = bind(listen, "listen").await?;
     let listen_v5 = cfg.listen_v5_addr();
-    if let Some(a) = listen_v5 {
-        probe_bind(a, "listen_v5")?;
-    }
+    let listener_v5 = match listen_v5 {
+        Some(a) => Some(bind(a, "listen_v5").await?),
+        None => None,
+    };
+    let listener_tls = match cfg.listen_tls_addr() {
+        Some(a) => Some((
+            bind(a, "listen_tls").await?,
+            tokio_rustls::TlsAcceptor::from(tls::server_config(cfg)?),
+        )),
+        None => None,
+    };
+    let internal_v4 = internal_addr()?;
+    let internal_v5 = internal_addr()?;
+    let front = Arc::new(Front::new(policy(cfg, internal_v4, internal_v5)?));
+    log::info!("internal broker: MQTT 3.1.1 on {internal_v4}, MQTT 5 on {internal_v5}");
 
     let router = RouterConfig {
-        max_connections: cfg.max_connections + INTERNAL_LINKS,
+        max_connections: cfg.max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
         max_outgoing_packet_count: 200,
         max_segment_size: SEGMENT_SIZE,
         max_segment_count: SEGMENT_COUNT,
@@ -199,17 +275,14 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
         shared_subscriptions_strategy: Default::default(),
     };
     let mut v4 = HashMap::new();
-    v4.insert("v4".to_string(), settings("mqtt-v4", listen, cfg));
-    let v5 = listen_v5.map(|a| {
-        let mut m = HashMap::new();
-        m.insert("v5".to_string(), settings("mqtt-v5", a, cfg));
-        m
-    });
+    v4.insert("v4".to_string(), settings("mqtt-v4", internal_v4, cfg));
+    let mut v5 = HashMap::new();
+    v5.insert("v5".to_string(), settings("mqtt-v5", internal_v5, cfg));
     let config = rumqttd::Config {
         id: 0,
         router,
         v4: Some(v4),
-        v5,
+        v5: Some(v5),
         ..Default::default()
     };
 
@@ -250,10 +323,21 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
             .map_err(|_| BrokerError::Gone)?;
     }
 
+    // rumqttd first (directly), then the front's listeners (any CONNACK will do: with a
+    // password file the probe's anonymous CONNECT is refused, which is an answer too).
+    wait_ready(internal_v4, 4, Duration::from_secs(10), true).await?;
+    wait_ready(internal_v5, 5, Duration::from_secs(10), true).await?;
+    tokio::spawn(front.clone().serve(listener, None));
+    if let Some(l) = listener_v5 {
+        tokio::spawn(front.clone().serve(l, None));
+    }
+    if let Some((l, acceptor)) = listener_tls {
+        tokio::spawn(front.clone().serve(l, Some(acceptor)));
+    }
     let addr = client_addr(listen);
-    wait_ready(addr, 4, Duration::from_secs(10)).await?;
+    wait_ready(addr, 4, Duration::from_secs(10), false).await?;
     if let Some(a) = listen_v5 {
-        wait_ready(client_addr(a), 5, Duration::from_secs(10)).await?;
+        wait_ready(client_addr(a), 5, Duration::from_secs(10), false).await?;
     }
     Ok(BrokerHandle {
         commands,
@@ -339,13 +423,22 @@ fn receive_thread(mut rx: LinkRx, subscribers: Option<Subscribers>) {
     }
 }
 
-/// Wait until the broker accepts an MQTT CONNECT of `level` on `addr`.
-async fn wait_ready(addr: SocketAddr, level: u8, limit: Duration) -> Result<(), BrokerError> {
+/// Wait until the broker answers an MQTT CONNECT of `level` on `addr` (with
+/// `accepted`: accepts it).
+async fn wait_ready(
+    addr: SocketAddr,
+    level: u8,
+    limit: Duration,
+    accepted: bool,
+) -> Result<(), BrokerError> {
     let deadline = Instant::now() + limit;
     loop {
-        let ok = tokio::task::spawn_blocking(move || mqtt_ping(addr, level))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || match mqtt_connack(addr, level) {
+            Some(code) => !accepted || code == 0,
+            None => false,
+        })
+        .await
+        .unwrap_or(false);
         if ok {
             return Ok(());
         }
@@ -362,12 +455,21 @@ async fn wait_ready(addr: SocketAddr, level: u8, limit: Duration) -> Result<(), 
 /// One MQTT CONNECT / CONNACK / DISCONNECT exchange (protocol level 4 = 3.1.1 or
 /// 5 = MQTT 5); true when the broker accepted it.
 pub fn mqtt_ping(addr: SocketAddr, level: u8) -> bool {
+    mqtt_connack(addr, level) == Some(0)
+}
+
+/// Like [`mqtt_ping`]: the CONNACK's return / reason code, None when there was none.
+pub fn mqtt_connack(addr: SocketAddr, level: u8) -> Option<u8> {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
+        return None;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-    let id = format!("sensorgate-probe-{}", std::process::id());
+    // A new client id each time: rumqttd's v5 listener panics (and stays broken) when a
+    // client id that connected before connects again after its connection ended.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("sensorgate-probe-{}-{n}", std::process::id());
     // Protocol name, level, clean session, keepalive 10 s.
     let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 0x0a];
     if level == 5 {
@@ -378,23 +480,23 @@ pub fn mqtt_ping(addr: SocketAddr, level: u8) -> bool {
     let mut packet = vec![0x10, body.len() as u8];
     packet.extend_from_slice(&body);
     if s.write_all(&packet).is_err() {
-        return false;
+        return None;
     }
     // CONNACK: type, remaining length (< 128 here), flags, return / reason code, …
     let mut head = [0u8; 2];
     if s.read_exact(&mut head).is_err() || head[0] != 0x20 || head[1] < 2 {
-        return false;
+        return None;
     }
     let mut rest = vec![0u8; usize::from(head[1])];
     if s.read_exact(&mut rest).is_err() {
-        return false;
+        return None;
     }
-    let accepted = rest[1] == 0x00;
+    let code = rest[1];
     let disconnect: &[u8] = if level == 5 {
         &[0xe0, 0x01, 0x00]
     } else {
         &[0xe0, 0x00]
     };
     let _ = s.write_all(disconnect);
-    accepted
+    Some(code)
 }

@@ -129,6 +129,19 @@ impl BrokerConfig {
     pub fn listen_v5_addr(&self) -> Option<SocketAddr> {
         self.listen_v5.parse().ok()
     }
+
+    /// The TLS listener address, when one is configured.
+    pub fn listen_tls_addr(&self) -> Option<SocketAddr> {
+        self.listen_tls.parse().ok()
+    }
+
+    /// Whether clients without a username (or, with no password_file, any client) may
+    /// connect: `allow_anonymous`, by default true only without a password_file (a
+    /// network listener without one needs the explicit `true`, see validation).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or(self.password_file.is_empty())
+    }
 }
 
 /// `[buffer]`: the store-and-forward outbox for the upstream.
@@ -871,27 +884,78 @@ fn validate_broker(b: &BrokerConfig, bad: &mut dyn FnMut(String, &str)) {
             );
         }
     }
-    for (key, value) in [
-        ("broker.password_file", &b.password_file),
-        ("broker.acl_file", &b.acl_file),
-        ("broker.listen_tls", &b.listen_tls),
-        ("broker.cert_file", &b.cert_file),
-        ("broker.key_file", &b.key_file),
-        ("broker.client_ca_file", &b.client_ca_file),
-    ] {
-        if !value.is_empty() {
-            bad(
-                "is not supported by this version yet; leave it empty (the broker would \
-                 otherwise run without the protection you asked for)"
-                    .into(),
-                key,
-            );
+    let listen_tls = if b.listen_tls.is_empty() {
+        None
+    } else {
+        match b.listen_tls.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                bad(
+                    format!(
+                        "{:?} is not an address: write IP:PORT, e.g. \"0.0.0.0:8883\", or \"\" for none",
+                        b.listen_tls
+                    ),
+                    "broker.listen_tls",
+                );
+                None
+            }
         }
+    };
+    if let Some(t) = listen_tls {
+        for (key, other) in [("broker.listen", listen), ("broker.listen_v5", listen_v5)] {
+            if other == Some(t) {
+                bad(
+                    format!("{t} is also {key}: give each listener its own port"),
+                    "broker.listen_tls",
+                );
+            }
+        }
+    }
+    if !b.password_file.is_empty() {
+        if let Err(e) = crate::broker::passwd::PasswordFile::load(Path::new(&b.password_file)) {
+            bad(e.to_string(), "broker.password_file");
+        }
+    }
+    if !b.acl_file.is_empty() {
+        if let Err(e) = crate::broker::acl::Acl::load(Path::new(&b.acl_file)) {
+            bad(e.to_string(), "broker.acl_file");
+        }
+    }
+    if b.listen_tls.is_empty() {
+        for (key, value) in [
+            ("broker.cert_file", &b.cert_file),
+            ("broker.key_file", &b.key_file),
+            ("broker.client_ca_file", &b.client_ca_file),
+        ] {
+            if !value.is_empty() {
+                bad(
+                    "is only used by the TLS listener: set broker.listen_tls too, or leave it empty"
+                        .into(),
+                    key,
+                );
+            }
+        }
+    } else if b.cert_file.is_empty() || b.key_file.is_empty() {
+        for (key, value) in [
+            ("broker.cert_file", &b.cert_file),
+            ("broker.key_file", &b.key_file),
+        ] {
+            if value.is_empty() {
+                bad(
+                    "must be set: broker.listen_tls needs a certificate and its key".into(),
+                    key,
+                );
+            }
+        }
+    } else if let Err(e) = crate::broker::tls::server_config(b) {
+        let (key, message) = e.key_and_message();
+        bad(message, &format!("broker.{key}"));
     }
     // A broker reachable from the network must not accept anyone by accident.
     let exposed = listen
         .iter()
         .chain(listen_v5.iter())
+        .chain(listen_tls.iter())
         .any(|a| !is_loopback(a));
     if exposed && b.password_file.is_empty() && b.allow_anonymous != Some(true) {
         bad(

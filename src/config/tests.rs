@@ -288,3 +288,70 @@ local_prefix = "x/+"
         assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
     }
 }
+
+#[test]
+fn broker_files_are_checked_with_file_and_key() {
+    let d = Dir::new("");
+    let dir = d.dir.path();
+    let missing = dir.join("nope.passwd");
+    let bad_acl = dir.join("bad.acl");
+    std::fs::write(&bad_acl, "topic sometimes a/b\n").expect("write");
+    std::fs::write(
+        d.main(),
+        format!(
+            "[broker]\npassword_file = \"{}\"\nacl_file = \"{}\"\n",
+            missing.display(),
+            bad_acl.display()
+        ),
+    )
+    .expect("write");
+    let e = d.errors(&[]);
+    assert_eq!(e[0].path, "broker.password_file");
+    assert!(e[0].message.contains("nope.passwd"), "{}", e[0]);
+    assert_eq!(e[1].path, "broker.acl_file");
+    assert!(e[1].message.contains("bad.acl:1"), "{}", e[1]);
+}
+
+#[test]
+fn the_tls_listener_needs_a_readable_certificate_and_key() {
+    let d = Dir::new("[broker]\nlisten_tls = \"127.0.0.1:8883\"\n");
+    let e = d.errors(&[]);
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["broker.cert_file", "broker.key_file"]);
+
+    let cert = d.dir.path().join("missing.pem");
+    std::fs::write(
+        d.main(),
+        format!(
+            "[broker]\nlisten_tls = \"127.0.0.1:8883\"\ncert_file = \"{0}\"\nkey_file = \"{0}\"\n",
+            cert.display()
+        ),
+    )
+    .expect("write");
+    let e = d.errors(&[]);
+    assert_eq!(e[0].path, "broker.cert_file");
+    assert!(e[0].message.contains("missing.pem"), "{}", e[0]);
+
+    let d = Dir::new("[broker]\ncert_file = \"c.pem\"\n");
+    let e = d.errors(&[]);
+    assert_eq!(e[0].path, "broker.cert_file");
+    assert!(e[0].message.contains("listen_tls"), "{}", e[0]);
+
+    let d = Dir::new(
+        "[broker]\nlisten_tls = \"127.0.0.1:1883\"\ncert_file = \"c\"\nkey_file = \"k\"\n",
+    );
+    let e = d.errors(&[]);
+    assert!(e
+        .iter()
+        .any(|e| e.path == "broker.listen_tls" && e.message.contains("broker.listen")));
+}
+
+#[test]
+fn a_network_tls_listener_needs_auth_or_an_explicit_allow_anonymous() {
+    let d = Dir::new("[broker]\nlisten_tls = \"0.0.0.0:8883\"\n");
+    let e = d.errors(&[]);
+    assert!(
+        e.iter().any(|e| e.path == "broker.allow_anonymous"),
+        "{e:?}"
+    );
+}

@@ -88,7 +88,8 @@ impl Daemon {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !sensorgate::broker::mqtt_ping(addr, 4) {
+        // Any CONNACK: with a password file the probe's anonymous login is refused.
+        while sensorgate::broker::mqtt_connack(addr, 4).is_none() {
             if let Some(status) = d.try_status() {
                 panic!("sensorgate exited early ({status}):\n{}", d.log_text());
             }
@@ -607,4 +608,69 @@ pub fn gaps_and_duplicates(values: &[i64]) -> (Vec<i64>, usize) {
         gaps.extend(w[0] + 1..w[1]);
     }
     (gaps, dups)
+}
+
+/// Run `tests/paho_client.py` against `addr` with `args`; returns its JSON lines (see the
+/// script). The process is killed if it runs over 60 s.
+pub fn paho(addr: SocketAddr, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let mut child = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho_client.py"))
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(args)
+        .stdout(out.reopen().expect("reopen"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with paho-mqtt (tests/run.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("paho_client.py {args:?} did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read_to_string(out.path())
+        .expect("paho output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The first value of `key` in paho lines.
+pub fn paho_get<'a>(lines: &'a [serde_json::Value], key: &str) -> Option<&'a serde_json::Value> {
+    lines.iter().find_map(|l| l.get(key))
+}
+
+/// The topics of the messages in paho lines, in order.
+pub fn paho_topics(lines: &[serde_json::Value]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.get("msg").and_then(|t| t.as_str()).map(str::to_string))
+        .collect()
+}
+
+/// A password file made by the real `mosquitto_passwd` with `users` (name, password).
+pub fn mosquitto_passwd(path: &Path, users: &[(&str, &str)]) {
+    for (i, (user, pass)) in users.iter().enumerate() {
+        let mut cmd = Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let st = cmd
+            .arg("-b")
+            .arg(path)
+            .arg(user)
+            .arg(pass)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mosquitto_passwd (package mosquitto)");
+        assert!(st.success(), "mosquitto_passwd failed");
+    }
 }

@@ -86,6 +86,12 @@ struct Args {
     /// Tokio worker threads (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// User name of every connection (with --password); none by default.
+    #[arg(long)]
+    username: Option<String>,
+    /// Password of every connection.
+    #[arg(long, default_value = "")]
+    password: String,
 }
 
 fn main() {
@@ -197,6 +203,9 @@ fn mqtt_options(args: &Args, client_id: String) -> MqttOptions {
     o.set_inflight(args.inflight.max(1));
     let max = (args.size + args.topic.len() + 64).max(10 * 1024);
     o.set_max_packet_size(max, max);
+    if let Some(user) = &args.username {
+        o.set_credentials(user.clone(), args.password.clone());
+    }
     o
 }
 

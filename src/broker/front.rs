@@ -1,0 +1,845 @@
+//! The MQTT-aware front of the embedded broker: it owns the configured listeners and
+//! passes each accepted client on to rumqttd's internal loopback listener.
+//!
+//! Per client: read the CONNECT (with a timeout), decide (connect rate, max_connections,
+//! password, keepalive), answer a refusal with its CONNACK code (rumqttd would just close
+//! the socket), else open a connection to rumqttd, send it the CONNECT (keepalive 0,
+//! which rumqttd refuses, becomes its largest value and the front pings for the client)
+//! and pipe both ways. Packets are forwarded as the bytes they came in as; the front
+//! parses only SUBSCRIBE / UNSUBSCRIBE (ACL, subscription limit), PUBLISH (ACL, payload
+//! size) and what it must answer for itself.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use super::acl::{Access, Acl, Client};
+use super::packet::{self as p, Frame, Framing, PacketError};
+use super::passwd::PasswordFile;
+
+/// How long a client may take from its TCP connect to a whole CONNECT.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take; each runs in its own task, so a silent client
+/// only holds its own socket.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per source address: a burst of this many connects…
+pub const CONNECT_BURST: f64 = 30.0;
+/// …then this many per second (a client looping on connect gets CONNACK "server
+/// unavailable" / v5 0x9F "connection rate exceeded").
+pub const CONNECT_RATE: f64 = 10.0;
+/// What a PUBLISH may carry besides its payload (topic, packet id, v5 properties).
+const HEADER_SLACK: usize = 2 * 65_536 + 16;
+/// Packets the front itself sends one way while piping (acks, SUBACKs) wait here; a
+/// peer that lets this many pile up is not reading and is disconnected.
+const INJECT_QUEUE: usize = 1024;
+/// Read buffer per direction and client.
+const READ_BUF: usize = 16 * 1024;
+/// The keepalive rumqttd gets for a client that asked for none (rumqttd refuses 0).
+const BROKER_KEEPALIVE: u16 = u16::MAX;
+/// With keepalive 0, the front pings rumqttd itself after this much client silence.
+const BROKER_PING_EVERY: Duration = Duration::from_secs(BROKER_KEEPALIVE as u64 / 2);
+
+/// Refusals' CONNACK codes: (MQTT 3.1.1 return code, MQTT 5 reason code).
+const NOT_AUTHORIZED: (u8, u8) = (5, 0x87);
+const SERVER_UNAVAILABLE: (u8, u8) = (3, 0x88);
+const RATE_EXCEEDED: (u8, u8) = (3, 0x9f);
+const KEEPALIVE_TOO_LONG: (u8, u8) = (2, 0x82);
+/// SUBACK failure codes: 3.1.1 has only 0x80; v5 says why.
+const SUB_FAILED: u8 = 0x80;
+const SUB_NOT_AUTHORIZED_V5: u8 = 0x87;
+/// v5 DISCONNECT reason "packet too large".
+const PACKET_TOO_LARGE: u8 = 0x95;
+
+/// What the front enforces (from `[broker]`).
+pub struct Policy {
+    pub passwords: Option<PasswordFile>,
+    pub acl: Option<Acl>,
+    pub allow_anonymous: bool,
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub max_keepalive: u16,
+    pub max_payload: usize,
+    /// rumqttd's internal listeners, by protocol level.
+    pub internal_v4: SocketAddr,
+    pub internal_v5: SocketAddr,
+}
+
+/// The front's shared state: one for all listeners.
+pub struct Front {
+    policy: Policy,
+    /// Clients past the CONNECT checks, for max_connections.
+    clients: AtomicUsize,
+    /// PUBLISHes dropped by the ACL (logged at each power of two).
+    denied: AtomicU64,
+    /// Connect-rate token buckets per source address.
+    rate: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Packet(#[from] PacketError),
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("no CONNECT within {} s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout,
+    #[error("keepalive expired")]
+    KeepAlive,
+    #[error("a PUBLISH payload of {0} bytes is over max_payload_size")]
+    PayloadTooLarge(usize),
+    #[error("not reading its acknowledgements")]
+    Stalled,
+}
+
+/// A client's place under max_connections, given back on drop.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connected client, as both directions see it.
+struct Session {
+    level: u8,
+    /// What the front enforces (0 = none).
+    keep_alive: u16,
+    client_id: String,
+    username: Option<String>,
+    /// PINGREQs the front sent rumqttd itself, whose PINGRESPs are not the client's.
+    pings: AtomicU32,
+    /// Every filter subscribed to so far lies wholly inside what the ACL lets the client
+    /// read, so deliveries need no per-message Read check.
+    all_readable: AtomicBool,
+    /// SUBSCRIBEs forwarded with some filters taken out: per packet id, the code of
+    /// each original filter that was refused (None = forwarded, code from rumqttd).
+    pending: Mutex<HashMap<u16, Vec<Option<u8>>>>,
+}
+
+impl Session {
+    fn client(&self) -> Client<'_> {
+        Client {
+            username: self.username.as_deref(),
+            client_id: &self.client_id,
+        }
+    }
+}
+
+/// What to do with one packet read from a peer.
+enum Verdict {
+    Forward,
+    Drop,
+    Replace(Vec<u8>),
+}
+
+impl Front {
+    pub fn new(policy: Policy) -> Front {
+        Front {
+            policy,
+            clients: AtomicUsize::new(0),
+            denied: AtomicU64::new(0),
+            rate: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Accept clients on `listener` for ever (TLS first when `tls` is set).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    log::warn!("broker: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let admitted = self.admit(peer.ip());
+            let front = self.clone();
+            match &tls {
+                None => {
+                    tokio::spawn(async move {
+                        let (r, w) = stream.into_split();
+                        front.client(r, w, peer, admitted).await;
+                    });
+                }
+                Some(acceptor) => {
+                    if !admitted {
+                        log::debug!("broker: {peer} connects too often; TLS connection closed");
+                        continue;
+                    }
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => {
+                                let (r, w) = tokio::io::split(s);
+                                front.client(r, w, peer, true).await;
+                            }
+                            Ok(Err(e)) => {
+                                log::info!("broker: TLS handshake with {peer} failed: {e}")
+                            }
+                            Err(_) => log::info!(
+                                "broker: no TLS handshake from {peer} within {} s; closed",
+                                TLS_HANDSHAKE_TIMEOUT.as_secs()
+                            ),
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Take a connect token of `ip`'s bucket.
+    fn admit(&self, ip: IpAddr) -> bool {
+        let Ok(mut map) = self.rate.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if map.len() > 4096 {
+            // Forget the addresses whose bucket is full again.
+            map.retain(|_, b| {
+                now.duration_since(b.at).as_secs_f64() * CONNECT_RATE < CONNECT_BURST
+            });
+        }
+        let b = map.entry(ip).or_insert(Bucket {
+            tokens: CONNECT_BURST,
+            at: now,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * CONNECT_RATE).min(CONNECT_BURST);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn slot(&self) -> Option<Slot<'_>> {
+        let n = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = Slot(&self.clients);
+        (n <= self.policy.max_connections).then_some(slot)
+    }
+
+    async fn client<R, W>(self: Arc<Self>, r: R, mut w: W, peer: SocketAddr, admitted: bool)
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let mut level = 4;
+        let result = self.session(r, &mut w, peer, admitted, &mut level).await;
+        match result {
+            Ok(()) => {}
+            Err(SessionError::PayloadTooLarge(n)) => {
+                log::info!("broker: client at {peer} disconnected: PUBLISH payload of {n} bytes is over max_payload_size");
+                if level == 5 {
+                    let _ = w.write_all(&p::disconnect_v5(PACKET_TOO_LARGE)).await;
+                }
+            }
+            Err(SessionError::Packet(PacketError::TooLarge(n))) => {
+                log::info!("broker: client at {peer} disconnected: packet of {n} bytes is over max_payload_size");
+                if level == 5 {
+                    let _ = w.write_all(&p::disconnect_v5(PACKET_TOO_LARGE)).await;
+                }
+            }
+            Err(e) => log::debug!("broker: client at {peer}: {e}"),
+        }
+        let _ = w.shutdown().await;
+    }
+
+    /// Largest packet a client may send.
+    fn packet_limit(&self) -> usize {
+        self.policy
+            .max_payload
+            .saturating_add(HEADER_SLACK)
+            .min(p::MAX_REMAINING + 5)
+    }
+
+    async fn refuse<W: AsyncWrite + Unpin>(
+        w: &mut W,
+        level: u8,
+        code: (u8, u8),
+        peer: SocketAddr,
+        why: &str,
+    ) -> Result<(), SessionError> {
+        log::info!("broker: client at {peer} refused: {why}");
+        let c = if level == 5 { code.1 } else { code.0 };
+        w.write_all(&p::connack(level, c)).await?;
+        Ok(())
+    }
+
+    async fn session<R, W>(
+        self: &Arc<Self>,
+        mut cr: R,
+        cw: &mut W,
+        peer: SocketAddr,
+        admitted: bool,
+        level_out: &mut u8,
+    ) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let limit = self.packet_limit();
+        let mut buf = BytesMut::with_capacity(READ_BUF);
+        let f = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut cr, &mut buf, limit))
+            .await
+            .map_err(|_| SessionError::ConnectTimeout)??;
+        if f.kind != p::CONNECT {
+            return Err(SessionError::Protocol("first packet is not CONNECT"));
+        }
+        let c = p::parse_connect(&buf[..f.len], &f)?;
+        if c.level != 4 && c.level != 5 {
+            let why = format!("protocol level {} (only MQTT 3.1.1 and 5)", c.level);
+            return Self::refuse(cw, 4, (1, 1), peer, &why).await;
+        }
+        let level = c.level;
+        *level_out = level;
+        if !admitted {
+            return Self::refuse(cw, level, RATE_EXCEEDED, peer, "connects too often").await;
+        }
+        let Some(_slot) = self.slot() else {
+            let why = format!("max_connections ({}) reached", self.policy.max_connections);
+            return Self::refuse(cw, level, SERVER_UNAVAILABLE, peer, &why).await;
+        };
+        let session = Session {
+            level,
+            keep_alive: c.keep_alive.min(self.policy.max_keepalive),
+            client_id: c.client_id.to_string(),
+            username: c.username.map(str::to_string),
+            pings: AtomicU32::new(0),
+            all_readable: AtomicBool::new(true),
+            pending: Mutex::new(HashMap::new()),
+        };
+        let password = c.password.map(<[u8]>::to_vec);
+        let (keep_alive, keep_alive_at) = (c.keep_alive, c.keep_alive_at);
+        if !self.authorized(session.username.clone(), password).await {
+            let why = format!(
+                "not authorized (client id {:?}, username {:?})",
+                session.client_id, session.username
+            );
+            return Self::refuse(cw, level, NOT_AUTHORIZED, peer, &why).await;
+        }
+        let mut server_keep_alive = None;
+        if keep_alive > self.policy.max_keepalive {
+            if level == 4 {
+                let why = format!(
+                    "keepalive {keep_alive} s is over max_keepalive ({} s)",
+                    self.policy.max_keepalive
+                );
+                return Self::refuse(cw, level, KEEPALIVE_TOO_LONG, peer, &why).await;
+            }
+            server_keep_alive = Some(self.policy.max_keepalive);
+        }
+        if keep_alive == 0 {
+            buf[keep_alive_at..keep_alive_at + 2].copy_from_slice(&BROKER_KEEPALIVE.to_be_bytes());
+        }
+
+        let internal = if level == 5 {
+            self.policy.internal_v5
+        } else {
+            self.policy.internal_v4
+        };
+        let broker = TcpStream::connect(internal).await?;
+        let _ = broker.set_nodelay(true);
+        let (mut br, mut bw) = broker.into_split();
+        bw.write_all(&buf[..f.len]).await?;
+        buf.advance(f.len);
+
+        let mut bbuf = BytesMut::with_capacity(READ_BUF);
+        let af = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            read_frame(&mut br, &mut bbuf, p::MAX_REMAINING),
+        )
+        .await
+        .map_err(|_| SessionError::ConnectTimeout)??;
+        if af.kind != p::CONNACK {
+            return Err(SessionError::Protocol(
+                "the internal broker did not answer with CONNACK",
+            ));
+        }
+        let accepted = bbuf.get(af.header + 1) == Some(&0);
+        match server_keep_alive {
+            Some(k) if accepted => {
+                cw.write_all(&p::connack_with_keepalive(&bbuf[..af.len], &af, k)?)
+                    .await?
+            }
+            _ => cw.write_all(&bbuf[..af.len]).await?,
+        }
+        bbuf.advance(af.len);
+        if !accepted {
+            return Ok(());
+        }
+        log::debug!(
+            "broker: client {:?} connected from {peer} (MQTT {})",
+            session.client_id,
+            if level == 5 { "5" } else { "3.1.1" }
+        );
+
+        let (to_client, to_client_rx) = mpsc::channel(INJECT_QUEUE);
+        let (to_broker, to_broker_rx) = mpsc::channel(INJECT_QUEUE);
+        let up = self.client_to_broker(&session, cr, bw, buf, to_broker_rx, to_client);
+        let down = self.broker_to_client(&session, br, cw, bbuf, to_client_rx, to_broker);
+        tokio::select! {
+            r = up => r,
+            r = down => r,
+        }
+    }
+
+    async fn authorized(
+        self: &Arc<Self>,
+        username: Option<String>,
+        password: Option<Vec<u8>>,
+    ) -> bool {
+        match (&self.policy.passwords, username) {
+            (Some(_), Some(user)) => {
+                // PBKDF2 may be slow by design: off the async workers.
+                let front = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    front
+                        .policy
+                        .passwords
+                        .as_ref()
+                        .is_some_and(|pw| pw.verify(&user, password.as_deref().unwrap_or(&[])))
+                })
+                .await
+                .unwrap_or(false)
+            }
+            _ => self.policy.allow_anonymous,
+        }
+    }
+
+    /// Client → rumqttd.
+    #[allow(clippy::too_many_arguments)]
+    async fn client_to_broker<R, W>(
+        &self,
+        s: &Session,
+        mut cr: R,
+        mut bw: W,
+        mut buf: BytesMut,
+        mut inject: mpsc::Receiver<Vec<u8>>,
+        to_client: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let limit = self.packet_limit();
+        let mut st = UpState::default();
+        let enforced = s.keep_alive > 0;
+        let idle = if enforced {
+            Duration::from_millis(u64::from(s.keep_alive) * 1500)
+        } else {
+            BROKER_PING_EVERY
+        };
+        let timer = tokio::time::sleep(idle);
+        tokio::pin!(timer);
+        loop {
+            // Every whole packet in the buffer: forward runs of them in one write.
+            let mut start = 0;
+            let mut pos = 0;
+            let need = loop {
+                match p::frame(&buf[pos..], limit)? {
+                    Framing::Partial(n) => break n,
+                    Framing::Packet(f) => {
+                        let end = pos + f.len;
+                        match self.up_packet(s, &mut st, &buf[pos..end], &f, &to_client)? {
+                            Verdict::Forward => {}
+                            Verdict::Drop => {
+                                bw.write_all(&buf[start..pos]).await?;
+                                start = end;
+                            }
+                            Verdict::Replace(new) => {
+                                bw.write_all(&buf[start..pos]).await?;
+                                bw.write_all(&new).await?;
+                                start = end;
+                            }
+                        }
+                        pos = end;
+                    }
+                }
+            };
+            if start < pos {
+                bw.write_all(&buf[start..pos]).await?;
+            }
+            buf.advance(pos);
+            reserve(&mut buf, need);
+            tokio::select! {
+                n = cr.read_buf(&mut buf) => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                Some(pkt) = inject.recv() => bw.write_all(&pkt).await?,
+                _ = &mut timer => {
+                    if enforced {
+                        return Err(SessionError::KeepAlive);
+                    }
+                    s.pings.fetch_add(1, Ordering::Relaxed);
+                    bw.write_all(&p::PINGREQ_PACKET).await?;
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+        }
+    }
+
+    fn up_packet(
+        &self,
+        s: &Session,
+        st: &mut UpState,
+        pkt: &[u8],
+        f: &Frame,
+        to_client: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<Verdict, SessionError> {
+        match f.kind {
+            p::PUBLISH => {
+                let acl = self.policy.acl.as_ref();
+                if acl.is_none() && f.len - f.header <= self.policy.max_payload {
+                    return Ok(Verdict::Forward);
+                }
+                let publish = p::parse_publish(pkt, f, s.level)?;
+                if publish.payload_len > self.policy.max_payload {
+                    return Err(SessionError::PayloadTooLarge(publish.payload_len));
+                }
+                let Some(acl) = acl else {
+                    return Ok(Verdict::Forward);
+                };
+                let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
+                if st.decisions.allows(acl, s.client(), topic, Access::Write) {
+                    return Ok(Verdict::Forward);
+                }
+                let n = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
+                log::debug!(
+                    "broker: ACL: client {:?} may not publish on {topic:?}; dropped",
+                    s.client_id
+                );
+                if n.is_power_of_two() {
+                    log::info!("broker: ACL: {n} PUBLISH(es) denied and dropped so far (last: client {:?} on {topic:?})", s.client_id);
+                }
+                match publish.qos {
+                    1 => send(to_client, p::ack(p::PUBACK, publish.pkid).to_vec())?,
+                    2 => {
+                        st.dropped_qos2.insert(publish.pkid);
+                        send(to_client, p::ack(p::PUBREC, publish.pkid).to_vec())?;
+                    }
+                    _ => {}
+                }
+                Ok(Verdict::Drop)
+            }
+            p::PUBREL => match p::ack_pkid(pkt, f) {
+                Some(id) if st.dropped_qos2.remove(&id) => {
+                    send(to_client, p::ack(p::PUBCOMP, id).to_vec())?;
+                    Ok(Verdict::Drop)
+                }
+                _ => Ok(Verdict::Forward),
+            },
+            p::SUBSCRIBE => {
+                let sub = p::parse_subscribe(pkt, f, s.level, false)?;
+                let mut codes = Vec::with_capacity(sub.filters.len());
+                let mut allowed = Vec::with_capacity(sub.filters.len());
+                for &(filter, options) in &sub.filters {
+                    let permitted = self
+                        .policy
+                        .acl
+                        .as_ref()
+                        .is_none_or(|acl| acl.allows_subscribe(s.client(), filter));
+                    if !permitted {
+                        log::debug!(
+                            "broker: ACL: client {:?} may not subscribe to {filter:?}",
+                            s.client_id
+                        );
+                        codes.push(Some(if s.level == 5 {
+                            SUB_NOT_AUTHORIZED_V5
+                        } else {
+                            SUB_FAILED
+                        }));
+                    } else if !st.subscriptions.contains(filter)
+                        && st.subscriptions.len() >= self.policy.max_subscriptions
+                    {
+                        log::info!(
+                            "broker: client {:?} is at max_subscriptions_per_client ({}); {filter:?} refused",
+                            s.client_id,
+                            self.policy.max_subscriptions
+                        );
+                        codes.push(Some(SUB_FAILED));
+                    } else {
+                        if let Some(acl) = &self.policy.acl {
+                            if !acl.allows_whole_subscription(s.client(), filter) {
+                                s.all_readable.store(false, Ordering::Relaxed);
+                            }
+                        }
+                        st.subscriptions.insert(filter.to_string());
+                        allowed.push((filter, options));
+                        codes.push(None);
+                    }
+                }
+                if allowed.len() == sub.filters.len() {
+                    return Ok(Verdict::Forward);
+                }
+                if allowed.is_empty() {
+                    let codes: Vec<u8> =
+                        codes.into_iter().map(|c| c.unwrap_or(SUB_FAILED)).collect();
+                    send(to_client, p::suback(sub.pkid, s.level, None, &codes))?;
+                    return Ok(Verdict::Drop);
+                }
+                if let Ok(mut pending) = s.pending.lock() {
+                    pending.insert(sub.pkid, codes);
+                }
+                Ok(Verdict::Replace(p::subscribe(
+                    sub.pkid,
+                    sub.properties,
+                    &allowed,
+                )))
+            }
+            p::UNSUBSCRIBE => {
+                let unsub = p::parse_subscribe(pkt, f, s.level, true)?;
+                for (filter, _) in unsub.filters {
+                    st.subscriptions.remove(filter);
+                }
+                Ok(Verdict::Forward)
+            }
+            p::CONNECT => Err(SessionError::Protocol("a second CONNECT")),
+            _ => Ok(Verdict::Forward),
+        }
+    }
+
+    /// rumqttd → client.
+    #[allow(clippy::too_many_arguments)]
+    async fn broker_to_client<R, W>(
+        &self,
+        s: &Session,
+        mut br: R,
+        cw: &mut W,
+        mut buf: BytesMut,
+        mut inject: mpsc::Receiver<Vec<u8>>,
+        to_broker: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut st = DownState::default();
+        loop {
+            let mut start = 0;
+            let mut pos = 0;
+            let need = loop {
+                match p::frame(&buf[pos..], p::MAX_REMAINING + 5)? {
+                    Framing::Partial(n) => break n,
+                    Framing::Packet(f) => {
+                        let end = pos + f.len;
+                        match self.down_packet(s, &mut st, &buf[pos..end], &f, &to_broker)? {
+                            Verdict::Forward => {}
+                            Verdict::Drop => {
+                                cw.write_all(&buf[start..pos]).await?;
+                                start = end;
+                            }
+                            Verdict::Replace(new) => {
+                                cw.write_all(&buf[start..pos]).await?;
+                                cw.write_all(&new).await?;
+                                start = end;
+                            }
+                        }
+                        pos = end;
+                    }
+                }
+            };
+            if start < pos {
+                cw.write_all(&buf[start..pos]).await?;
+            }
+            cw.flush().await?;
+            buf.advance(pos);
+            reserve(&mut buf, need);
+            tokio::select! {
+                n = br.read_buf(&mut buf) => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                }
+                Some(pkt) = inject.recv() => {
+                    cw.write_all(&pkt).await?;
+                    cw.flush().await?;
+                }
+            }
+        }
+    }
+
+    fn down_packet(
+        &self,
+        s: &Session,
+        st: &mut DownState,
+        pkt: &[u8],
+        f: &Frame,
+        to_broker: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<Verdict, SessionError> {
+        match f.kind {
+            p::PUBLISH => {
+                let Some(acl) = &self.policy.acl else {
+                    return Ok(Verdict::Forward);
+                };
+                if s.all_readable.load(Ordering::Relaxed) {
+                    return Ok(Verdict::Forward);
+                }
+                let publish = p::parse_publish(pkt, f, s.level)?;
+                let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
+                if st.decisions.allows(acl, s.client(), topic, Access::Read) {
+                    return Ok(Verdict::Forward);
+                }
+                match publish.qos {
+                    1 => send(to_broker, p::ack(p::PUBACK, publish.pkid).to_vec())?,
+                    2 => {
+                        st.dropped_qos2.insert(publish.pkid);
+                        send(to_broker, p::ack(p::PUBREC, publish.pkid).to_vec())?;
+                    }
+                    _ => {}
+                }
+                Ok(Verdict::Drop)
+            }
+            p::PUBREL => match p::ack_pkid(pkt, f) {
+                Some(id) if st.dropped_qos2.remove(&id) => {
+                    send(to_broker, p::ack(p::PUBCOMP, id).to_vec())?;
+                    Ok(Verdict::Drop)
+                }
+                _ => Ok(Verdict::Forward),
+            },
+            p::SUBACK => {
+                let ack = p::parse_suback(pkt, f, s.level)?;
+                let planned = s.pending.lock().ok().and_then(|mut m| m.remove(&ack.pkid));
+                let Some(planned) = planned else {
+                    return Ok(Verdict::Forward);
+                };
+                let mut from_broker = ack.codes.iter();
+                let codes: Vec<u8> = planned
+                    .into_iter()
+                    .map(|c| c.unwrap_or_else(|| from_broker.next().copied().unwrap_or(SUB_FAILED)))
+                    .collect();
+                Ok(Verdict::Replace(p::suback(
+                    ack.pkid,
+                    s.level,
+                    ack.properties,
+                    &codes,
+                )))
+            }
+            p::PINGRESP => {
+                let answered = s
+                    .pings
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+                Ok(if answered {
+                    Verdict::Drop
+                } else {
+                    Verdict::Forward
+                })
+            }
+            _ => Ok(Verdict::Forward),
+        }
+    }
+}
+
+/// What the client → broker direction remembers.
+#[derive(Default)]
+struct UpState {
+    aliases: Aliases,
+    decisions: Decisions,
+    /// Distinct filters subscribed to (max_subscriptions_per_client).
+    subscriptions: HashSet<String>,
+    /// QoS 2 PUBLISHes the ACL dropped, whose PUBREL the front answers.
+    dropped_qos2: HashSet<u16>,
+}
+
+/// What the broker → client direction remembers.
+#[derive(Default)]
+struct DownState {
+    aliases: Aliases,
+    decisions: Decisions,
+    dropped_qos2: HashSet<u16>,
+}
+
+/// ACL decisions of one client and direction by topic (the client, and so the answer
+/// for a topic, never changes during a session; devices publish on a few topics).
+#[derive(Default)]
+struct Decisions(HashMap<String, bool>);
+
+/// Topics remembered per client and direction before the cache starts over.
+const DECISIONS_KEPT: usize = 4096;
+
+impl Decisions {
+    fn allows(&mut self, acl: &Acl, client: Client<'_>, topic: &str, access: Access) -> bool {
+        if let Some(&ok) = self.0.get(topic) {
+            return ok;
+        }
+        let ok = acl.allows(client, topic, access);
+        if self.0.len() >= DECISIONS_KEPT {
+            self.0.clear();
+        }
+        self.0.insert(topic.to_string(), ok);
+        ok
+    }
+}
+
+/// MQTT 5 topic aliases of one direction.
+#[derive(Default)]
+struct Aliases(HashMap<u16, String>);
+
+impl Aliases {
+    /// The topic a PUBLISH is about (`topic` is empty when only the alias names it).
+    fn resolve<'a>(&'a mut self, topic: &'a str, alias: Option<u16>) -> &'a str {
+        match alias {
+            None => topic,
+            Some(a) if topic.is_empty() => self.0.get(&a).map(String::as_str).unwrap_or(""),
+            Some(a) => {
+                self.0.insert(a, topic.to_string());
+                topic
+            }
+        }
+    }
+}
+
+fn send(tx: &mpsc::Sender<Vec<u8>>, pkt: Vec<u8>) -> Result<(), SessionError> {
+    tx.try_send(pkt).map_err(|_| SessionError::Stalled)
+}
+
+/// Room for the next read: the rest of a packet whose length is known, or a read buffer.
+fn reserve(buf: &mut BytesMut, need: Option<usize>) {
+    let want = need.map_or(READ_BUF, |n| n.saturating_sub(buf.len()).max(READ_BUF / 4));
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+}
+
+/// Read until `buf` starts with a whole packet.
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Frame, SessionError> {
+    loop {
+        match p::frame(buf, limit)? {
+            Framing::Packet(f) => return Ok(f),
+            Framing::Partial(n) => reserve(buf, n),
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}

@@ -1,0 +1,174 @@
+use super::*;
+use proptest::prelude::*;
+
+fn whole(pkt: &[u8]) -> Frame {
+    match frame(pkt, MAX_REMAINING) {
+        Ok(Framing::Packet(f)) => f,
+        other => panic!("not a whole packet: {other:?}"),
+    }
+}
+
+fn connect(
+    level: u8,
+    keep_alive: u16,
+    id: &str,
+    user: Option<&str>,
+    pass: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level];
+    let mut flags = 0x02;
+    if user.is_some() {
+        flags |= 0x80;
+    }
+    if pass.is_some() {
+        flags |= 0x40;
+    }
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    if level == 5 {
+        body.extend_from_slice(&[5, 0x11, 0, 0, 0, 10]); // session expiry
+    }
+    for s in [Some(id.as_bytes()), user.map(str::as_bytes), pass]
+        .into_iter()
+        .flatten()
+    {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s);
+    }
+    packet(0x10, &body)
+}
+
+#[test]
+fn frames_need_the_whole_packet_and_respect_the_limit() {
+    assert_eq!(frame(&[], 100), Ok(Framing::Partial(None)));
+    assert_eq!(frame(&[0x30], 100), Ok(Framing::Partial(None)));
+    assert_eq!(frame(&[0x30, 0x80], 100), Ok(Framing::Partial(None)));
+    assert_eq!(frame(&[0x30, 3, 0], 100), Ok(Framing::Partial(Some(5))));
+    assert_eq!(
+        frame(&[0x30, 0x80, 0x01], 100),
+        Err(PacketError::TooLarge(131))
+    );
+    assert_eq!(
+        frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 1], usize::MAX),
+        Err(PacketError::Length)
+    );
+    let f = whole(&[0xc0, 0]);
+    assert_eq!((f.kind, f.header, f.len), (PINGREQ, 2, 2));
+}
+
+#[test]
+fn connect_fields_both_levels() {
+    for level in [4, 5] {
+        let pkt = connect(level, 60, "dev1", Some("alice"), Some(b"secret"));
+        let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
+        assert_eq!(c.level, level);
+        assert_eq!(c.keep_alive, 60);
+        assert_eq!(&pkt[c.keep_alive_at..c.keep_alive_at + 2], &[0, 60]);
+        assert_eq!(c.client_id, "dev1");
+        assert_eq!(c.username, Some("alice"));
+        assert_eq!(c.password, Some(&b"secret"[..]));
+    }
+    let pkt = connect(4, 0, "", None, None);
+    let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
+    assert_eq!((c.username, c.password, c.keep_alive), (None, None, 0));
+}
+
+#[test]
+fn publish_fields_and_topic_alias() {
+    // v5, QoS 1, topic "a/b", pkid 7, topic alias 3, payload "xyz".
+    let body = [
+        0, 3, b'a', b'/', b'b', 0, 7, 3, 0x23, 0, 3, b'x', b'y', b'z',
+    ];
+    let pkt = packet(0x32, &body);
+    let p = parse_publish(&pkt, &whole(&pkt), 5).expect("publish");
+    assert_eq!(
+        p,
+        Publish {
+            topic: "a/b",
+            qos: 1,
+            pkid: 7,
+            topic_alias: Some(3),
+            payload_len: 3
+        }
+    );
+    let pkt = packet(0x30, &[0, 1, b't', 1, 2]);
+    let p = parse_publish(&pkt, &whole(&pkt), 4).expect("publish");
+    assert_eq!((p.topic, p.qos, p.payload_len), ("t", 0, 2));
+}
+
+#[test]
+fn subscribe_round_trip_and_suback() {
+    let pkt = subscribe(9, Some(&[0x0b, 5]), &[("a/#", 1), ("b", 0)]);
+    let s = parse_subscribe(&pkt, &whole(&pkt), 5, false).expect("subscribe");
+    assert_eq!(s.pkid, 9);
+    assert_eq!(s.properties, Some(&[0x0b, 5][..]));
+    assert_eq!(s.filters, vec![("a/#", 1), ("b", 0)]);
+    let ack = suback(9, 4, None, &[0x80, 1]);
+    let a = parse_suback(&ack, &whole(&ack), 4).expect("suback");
+    assert_eq!((a.pkid, a.codes), (9, &[0x80, 1][..]));
+    let ack = suback(9, 5, None, &[0x87]);
+    assert_eq!(ack, vec![0x90, 4, 0, 9, 0, 0x87]);
+}
+
+#[test]
+fn connack_gets_a_server_keep_alive() {
+    let pkt = connack(5, 0);
+    let out = connack_with_keepalive(&pkt, &whole(&pkt), 300).expect("connack");
+    assert_eq!(out, vec![0x20, 6, 0, 0, 3, 0x13, 0x01, 0x2c]);
+}
+
+proptest! {
+    // Whatever the bytes, framing and parsing return a value or an error, never panic,
+    // and a whole frame lies inside the buffer.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), level in 4u8..=5) {
+        if let Ok(Framing::Packet(f)) = frame(&bytes, 1 << 20) {
+            prop_assert!(f.len <= bytes.len());
+            let pkt = &bytes[..f.len];
+            let _ = parse_connect(pkt, &f);
+            let _ = parse_publish(pkt, &f, level);
+            let _ = parse_subscribe(pkt, &f, level, false);
+            let _ = parse_subscribe(pkt, &f, level, true);
+            let _ = parse_suback(pkt, &f, level);
+            let _ = connack_with_keepalive(pkt, &f, 10);
+            let _ = ack_pkid(pkt, &f);
+        }
+    }
+
+    // Valid CONNECTs with any fields parse back to those fields.
+    #[test]
+    fn connect_round_trip(level in 4u8..=5, ka in any::<u16>(), id in "[a-z0-9]{0,30}",
+                          user in proptest::option::of("[ -~]{0,40}"),
+                          pass in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))) {
+        let pkt = connect(level, ka, &id, user.as_deref(), pass.as_deref());
+        let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
+        prop_assert_eq!(c.keep_alive, ka);
+        prop_assert_eq!(c.client_id, id.as_str());
+        prop_assert_eq!(c.username, user.as_deref());
+        prop_assert_eq!(c.password, pass.as_deref());
+    }
+
+    // A stream of packets cut anywhere frames into the same packets.
+    #[test]
+    fn framing_a_stream(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..400), 1..8), cut in 0usize..4000) {
+        let mut stream = Vec::new();
+        for p in &payloads {
+            let mut body = vec![0, 1, b't'];
+            body.extend_from_slice(p);
+            stream.extend(packet(0x30, &body));
+        }
+        let cut = cut.min(stream.len());
+        let mut pos = 0;
+        let mut seen = 0;
+        while let Ok(Framing::Packet(f)) = frame(&stream[pos..cut], MAX_REMAINING) {
+            let p = parse_publish(&stream[pos..pos + f.len], &f, 4).expect("publish");
+            prop_assert_eq!(p.payload_len, payloads[seen].len());
+            pos += f.len;
+            seen += 1;
+        }
+        prop_assert!(seen <= payloads.len());
+        if cut == stream.len() {
+            prop_assert_eq!(seen, payloads.len());
+        }
+    }
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""A paho-mqtt client for the broker tests: connect, subscribe, publish, listen, and print
+what the broker answered as JSON lines on stdout:
+
+  {"connack": CODE}          the CONNACK's return code (3.1.1) or reason code (v5)
+  {"suback": [CODE, ...]}    one code per filter (3.1.1: granted QoS or 128; v5 reason codes)
+  {"puback": MID}            a QoS 1 publish was acknowledged
+  {"msg": TOPIC, "payload": TEXT, "retain": BOOL}
+  {"closed": RC}             the connection ended without our DISCONNECT
+
+usage: paho_client.py HOST PORT [--v5] [--id ID] [--user U] [--password P]
+         [--keepalive S] [--sub FILTER]... [--qos Q] [--pub TOPIC PAYLOAD]...
+         [--count N] [--wait S] [--cafile F] [--cert F --key F]
+Listens for --count messages or --wait seconds (default 2) after its publishes.
+"""
+import argparse
+import json
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+
+ap = argparse.ArgumentParser()
+ap.add_argument("host")
+ap.add_argument("port", type=int)
+ap.add_argument("--v5", action="store_true")
+ap.add_argument("--id", default="")
+ap.add_argument("--user")
+ap.add_argument("--password")
+ap.add_argument("--keepalive", type=int, default=30)
+ap.add_argument("--sub", action="append", default=[])
+ap.add_argument("--qos", type=int, default=0)
+ap.add_argument("--pub", nargs=2, action="append", default=[])
+ap.add_argument("--count", type=int, default=0)
+ap.add_argument("--wait", type=float, default=2.0)
+ap.add_argument("--cafile")
+ap.add_argument("--cert")
+ap.add_argument("--key")
+a = ap.parse_args()
+
+state = {"connack": None, "suback": False, "msgs": 0, "closed": False, "pubacks": 0}
+
+
+def out(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def code(c):
+    return c.value if hasattr(c, "value") else int(c)
+
+
+def on_connect(client, userdata, flags, rc, properties=None):
+    state["connack"] = code(rc)
+    out({"connack": code(rc)})
+
+
+def on_subscribe(client, userdata, mid, granted, properties=None):
+    out({"suback": [code(g) for g in granted]})
+    state["suback"] = True
+
+
+def on_message(client, userdata, msg):
+    out({"msg": msg.topic, "payload": msg.payload.decode("utf-8", "replace"), "retain": bool(msg.retain)})
+    state["msgs"] += 1
+
+
+def on_publish(client, userdata, mid, *args):
+    if a.qos > 0:
+        out({"puback": mid})
+        state["pubacks"] += 1
+
+
+def on_disconnect(client, userdata, rc, *args):
+    if not state["closed"]:
+        out({"closed": code(rc)})
+    state["closed"] = True
+
+
+protocol = mqtt.MQTTv5 if a.v5 else mqtt.MQTTv311
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION1, client_id=a.id, protocol=protocol)
+client.on_connect = on_connect
+client.on_subscribe = on_subscribe
+client.on_message = on_message
+client.on_publish = on_publish
+client.on_disconnect = on_disconnect
+if a.user is not None:
+    client.username_pw_set(a.user, a.password)
+if a.cafile:
+    client.tls_set(ca_certs=a.cafile, certfile=a.cert, keyfile=a.key)
+
+
+def run_until(pred, seconds):
+    deadline = time.time() + seconds
+    while not pred() and not state["closed"] and time.time() < deadline:
+        client.loop(0.05)
+
+
+try:
+    client.connect(a.host, a.port, a.keepalive)
+except Exception as e:  # noqa: BLE001 - report every connect failure the same way
+    out({"closed": str(e)})
+    sys.exit(0)
+run_until(lambda: state["connack"] is not None, 10)
+if state["connack"] != 0:
+    if state["connack"] is None and not state["closed"]:
+        out({"closed": "no CONNACK"})
+    sys.exit(0)
+if a.sub:
+    client.subscribe([(f, a.qos) for f in a.sub])
+    run_until(lambda: state["suback"], 10)
+for topic, payload in a.pub:
+    client.publish(topic, payload, qos=a.qos)
+if a.qos > 0 and a.pub:
+    run_until(lambda: state["pubacks"] >= len(a.pub), 10)
+if a.count:
+    run_until(lambda: state["msgs"] >= a.count, max(a.wait, 10))
+else:
+    run_until(lambda: False, a.wait)
+if not state["closed"]:
+    state["closed"] = True
+    client.disconnect()
+    client.loop(0.1)
