@@ -6,6 +6,9 @@
 //! - [`config`]: the TOML configuration, `conf.d/`, environment overrides, validation.
 //! - [`bridge`]: routes, the upstream session, the outbox drain, the downlink.
 //! - [`broker`]: the embedded rumqttd broker on its own threads; [`broker::BrokerHandle`].
+//!   `broker::front` owns the listeners (auth, ACL, limits; `broker::packet` parses what it
+//!   must, `broker::tls` terminates TLS); `broker::passwd` and `broker::acl` read
+//!   mosquitto's files.
 //! - [`buffer`]: the SQLite outbox for messages bound upstream.
 //! - [`homeassistant`]: Home Assistant MQTT discovery.
 //! - [`publish`]: readings to topics and JSON payloads; availability and status.

@@ -48,6 +48,10 @@ enum Cmd {
         /// Exit after this long, e.g. "10s" (non-zero if nothing arrived).
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
+        /// Log in as this user (a broker with a password_file); the password comes from
+        /// the environment variable SENSORGATE_PASSWORD.
+        #[arg(long, short = 'u', env = "SENSORGATE_USERNAME")]
+        username: Option<String>,
     },
     /// The offline buffer (messages waiting for the upstream): stats or purge.
     Buffer {
@@ -128,6 +132,7 @@ fn real_main(cmd: Cmd) -> anyhow::Result<()> {
             filter,
             count,
             timeout,
+            username,
         } => {
             let cfg = load(&config)?;
             let listen = cfg
@@ -139,6 +144,10 @@ fn real_main(cmd: Cmd) -> anyhow::Result<()> {
                 filter: filter.unwrap_or_else(|| format!("{}/#", cfg.gateway.topic_prefix)),
                 count,
                 timeout,
+                credentials: username.map(|u| {
+                    let password = std::env::var("SENSORGATE_PASSWORD").unwrap_or_default();
+                    (u, password)
+                }),
             };
             runtime()?.block_on(tail::run(t))?;
             Ok(())

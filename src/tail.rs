@@ -8,6 +8,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
+    #[error(
+        "the local broker at {addr} refused the login: with broker.password_file set, \
+         give --username and SENSORGATE_PASSWORD"
+    )]
+    NotAuthorized { addr: SocketAddr },
     #[error("cannot reach the local broker at {addr} (is `sensorgate run` running?): {source}")]
     Connect {
         addr: SocketAddr,
@@ -34,6 +39,8 @@ pub struct Tail {
     pub count: Option<u64>,
     /// Stop after this long (an error if nothing arrived).
     pub timeout: Option<Duration>,
+    /// Username and password, for a broker with a `password_file`.
+    pub credentials: Option<(String, String)>,
 }
 
 /// Print `topic payload` lines until stopped (Ctrl-C), `count` or `timeout`.
@@ -45,6 +52,9 @@ pub async fn run(t: Tail) -> Result<(), TailError> {
     let mut opts = MqttOptions::new(id, t.addr.ip().to_string(), t.addr.port());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    if let Some((user, password)) = &t.credentials {
+        opts.set_credentials(user, password);
+    }
     let (client, mut events) = AsyncClient::new(opts, 16);
     client.subscribe(&t.filter, QoS::AtMostOnce).await?;
     let deadline = t.timeout.map(|d| tokio::time::Instant::now() + d);
@@ -76,6 +86,10 @@ pub async fn run(t: Tail) -> Result<(), TailError> {
                 }
             }
             Some(Ok(_)) => {}
+            Some(Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::NotAuthorized
+                | rumqttc::ConnectReturnCode::BadUserNamePassword,
+            ))) => return Err(TailError::NotAuthorized { addr: t.addr }),
             Some(Err(source)) if !connected => {
                 return Err(TailError::Connect {
                     addr: t.addr,

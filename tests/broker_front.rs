@@ -356,3 +356,44 @@ async fn a_client_silent_past_its_keepalive_is_disconnected_and_its_will_sent() 
     let will = watcher.wait_for(WAIT, |m| m.topic == "will/quiet").await;
     assert_eq!(will.map(|m| m.payload), Some("gone".to_string()));
 }
+
+#[test]
+fn tail_logs_in_with_username_and_sensorgate_password() {
+    let s = Setup::new("");
+    let file = passwd(&s);
+    s.write(&format!(
+        "password_file = \"{file}\"\n\n[[device]]\nname = \"d\"\nplugin = \"sim\"\n\
+         poll_interval = \"100ms\"\n[[device.point]]\nname = \"n\"\nsignal = \"counter\"\n"
+    ));
+    let _d = s.start();
+    let config = s.config().display().to_string();
+    let tail = |user: Option<(&str, &str)>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensorgate"));
+        cmd.args(["tail", "--config", &config, "-n", "1", "--timeout", "10s"])
+            .env_remove("SENSORGATE_USERNAME")
+            .env_remove("SENSORGATE_PASSWORD");
+        if let Some((u, p)) = user {
+            cmd.args(["--username", u]).env("SENSORGATE_PASSWORD", p);
+        }
+        cmd.output().expect("sensorgate tail")
+    };
+    let anonymous = tail(None);
+    assert!(!anonymous.status.success());
+    let err = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        err.contains("refused the login") && err.contains("--username"),
+        "{err}"
+    );
+
+    let wrong = tail(Some(("alice", "wrong")));
+    assert!(!wrong.status.success());
+
+    let ok = tail(Some(("alice", "secret")));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.starts_with(&format!("{}/", s.prefix)), "{out}");
+}
