@@ -15,6 +15,7 @@
 //! - [`plugins`]: the one list of device plugins built into this binary.
 //! - [`topic`]: MQTT topic filter matching.
 //! - [`tail`]: `sensorgate tail`, a subscriber that prints.
+//! - [`pem`]: certificates and keys from PEM files, for both TLS ends.
 //! - [`logging`]: journal or stderr, and rumqttd's tracing events forwarded to `log`.
 //!
 //! The plugin API (readings, the `Adapter` trait) is its own crate, `sensorgate-api`,
@@ -27,6 +28,7 @@ pub mod buffer;
 pub mod config;
 pub mod homeassistant;
 pub mod logging;
+pub mod pem;
 pub mod plugins;
 pub mod publish;
 pub mod tail;

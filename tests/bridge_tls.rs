@@ -4,91 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::pki::{pki, Pki};
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 
 const T: Duration = Duration::from_secs(20);
-
-/// A CA: its certificate (PEM) and what signs with it.
-fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().expect("CA key");
-    let cert = p.self_signed(&key).expect("self-signed CA");
-    (cert.pem(), Issuer::new(p, key))
-}
-
-/// A leaf certificate and its key (PEM), signed by `issuer`.
-fn leaf(
-    cn: &str,
-    sans: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
-    issuer: &Issuer<'static, KeyPair>,
-) -> (String, String) {
-    let mut p = CertificateParams::new(sans).expect("leaf params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.use_authority_key_identifier_extension = true;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().expect("leaf key");
-    let cert = p.signed_by(&key, issuer).expect("sign leaf");
-    (cert.pem(), key.serialize_pem())
-}
-
-/// The files of a test PKI.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    /// A CA that signed nothing here.
-    other_ca: PathBuf,
-}
-
-fn pki(dir: &Path) -> Pki {
-    let dir = dir.join("pki");
-    std::fs::create_dir_all(&dir).expect("pki dir");
-    let write = |name: &str, pem: &str| -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).expect("write PEM");
-        p
-    };
-    let (ca_pem, issuer) = ca("sensorgate test CA");
-    let (server_cert, server_key) = leaf(
-        "127.0.0.1",
-        vec!["127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-        &issuer,
-    );
-    let (client_cert, client_key) = leaf(
-        "sensorgate-test-client",
-        vec![],
-        ExtendedKeyUsagePurpose::ClientAuth,
-        &issuer,
-    );
-    let (other_pem, _) = ca("some other CA");
-    Pki {
-        ca: write("ca.pem", &ca_pem),
-        server_cert: write("server.pem", &server_cert),
-        server_key: write("server.key", &server_key),
-        client_cert: write("client.pem", &client_cert),
-        client_key: write("client.key", &client_key),
-        other_ca: write("other-ca.pem", &other_pem),
-    }
-}
 
 /// mosquitto with its plain listener (for the collector) and a TLS listener that wants a
 /// client certificate from the test CA; returns it and the TLS port.

@@ -6,79 +6,9 @@ mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 
+use common::pki::{pki, Pki};
 use common::{free_port, paho, paho_get, paho_topics, Setup};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-
-fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().expect("CA key");
-    let cert = p.self_signed(&key).expect("self-signed CA");
-    (cert.pem(), Issuer::new(p, key))
-}
-
-fn leaf(
-    cn: &str,
-    sans: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
-    issuer: &Issuer<'static, KeyPair>,
-) -> (String, String) {
-    let mut p = CertificateParams::new(sans).expect("leaf params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.use_authority_key_identifier_extension = true;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().expect("leaf key");
-    let cert = p.signed_by(&key, issuer).expect("sign leaf");
-    (cert.pem(), key.serialize_pem())
-}
-
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn pki(dir: &Path) -> Pki {
-    let write = |name: &str, pem: &str| -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).expect("write PEM");
-        p
-    };
-    let (ca_pem, issuer) = ca("sensorgate broker test CA");
-    let (server_cert, server_key) = leaf(
-        "127.0.0.1",
-        vec!["127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-        &issuer,
-    );
-    let (client_cert, client_key) = leaf(
-        "broker-test-client",
-        vec![],
-        ExtendedKeyUsagePurpose::ClientAuth,
-        &issuer,
-    );
-    Pki {
-        ca: write("ca.pem", &ca_pem),
-        server_cert: write("server.pem", &server_cert),
-        server_key: write("server.key", &server_key),
-        client_cert: write("client.pem", &client_cert),
-        client_key: write("client.key", &client_key),
-    }
-}
 
 /// A setup with a TLS listener; returns it and the TLS address.
 fn tls_setup(client_ca: bool) -> (Setup, Pki, SocketAddr) {

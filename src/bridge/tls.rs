@@ -1,8 +1,6 @@
 //! TLS for the upstream connection: rustls on the `ring` provider (no OpenSSL, no
 //! aws-lc), the CA from `ca_file` or the system's roots, an optional client certificate.
 
-use std::io::BufReader;
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,31 +21,19 @@ pub enum TlsError {
 }
 
 fn read_certs(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::File {
+    crate::pem::certs(path).map_err(|message| TlsError::File {
         key,
         path: path.to_string(),
         message,
-    };
-    let file = std::fs::File::open(Path::new(path)).map_err(|e| err(e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no PEM certificate in it".into()));
-    }
-    Ok(certs)
+    })
 }
 
 fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let err = |message: String| TlsError::File {
+    crate::pem::key(path).map_err(|message| TlsError::File {
         key: "key_file",
         path: path.to_string(),
         message,
-    };
-    let file = std::fs::File::open(Path::new(path)).map_err(|e| err(e.to_string()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| err(e.to_string()))?
-        .ok_or_else(|| err("no PEM private key in it".into()))
+    })
 }
 
 /// The client configuration for `mqtts://`.

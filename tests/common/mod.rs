@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
