@@ -98,6 +98,21 @@ pub fn parse_value<T: DeserializeOwned>(value: toml::Value) -> Result<T, ConfigE
     })
 }
 
+/// Deserialize one `[[device.point]]` (or any sub-table): like [`parse_value`], with a
+/// clear error when the value is not a table at all.
+pub fn parse_table<T: DeserializeOwned>(value: toml::Value) -> Result<T, ConfigError> {
+    if !value.is_table() {
+        return Err(ConfigError::new(
+            "",
+            format!(
+                "a point must be a table ([[device.point]]), found: {}",
+                value.type_str()
+            ),
+        ));
+    }
+    parse_value(value)
+}
+
 /// A configuration problem at a key path. `path` is relative to whatever the producer
 /// was given (a device table for a plugin); the daemon makes it absolute and adds the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +127,15 @@ impl ConfigError {
             path: path.into(),
             message: message.into(),
         }
+    }
+
+    /// Only the first line of the message: toml's own messages can carry an "in `key`"
+    /// suffix and more lines, and the path already says where.
+    pub fn first_line(mut self) -> ConfigError {
+        if let Some(first) = self.message.lines().next() {
+            self.message = first.trim().to_string();
+        }
+        self
     }
 
     /// The same error, seen from one level up (`point[0].type` under `device[2]`).

@@ -177,7 +177,7 @@ impl OnewireConfig {
             ok
         });
         let table: DeviceTable = parse_value(toml::Value::Table(known)).map_err(|e| {
-            errors.push(tidy(e));
+            errors.push(e.first_line());
             std::mem::take(&mut errors)
         })?;
 
@@ -221,7 +221,7 @@ impl OnewireConfig {
                     names.insert(name.to_string(), i);
                 }
             }
-            let p = match parse_point(raw) {
+            let p: PointConfig = match sensorgate_api::config::parse_table(raw) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(e.under(&at));
@@ -256,34 +256,6 @@ impl OnewireConfig {
             Err(errors)
         }
     }
-}
-
-/// One point's table into a [`PointConfig`], with the key path inside the point.
-fn parse_point(raw: toml::Value) -> Result<PointConfig, ConfigError> {
-    if !raw.is_table() {
-        return Err(ConfigError::new(
-            "",
-            format!(
-                "a point must be a table ([[device.point]]), found: {}",
-                raw.type_str()
-            ),
-        ));
-    }
-    serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        // `message()`, not `to_string()`: the latter appends "in `key`" and new lines.
-        ConfigError::new(path, e.into_inner().message().trim())
-    })
-}
-
-/// [`parse_value`]'s message may carry toml's "in `key`" suffix and new lines; the
-/// path already says where, so keep the first line.
-fn tidy(mut e: ConfigError) -> ConfigError {
-    if let Some(first) = e.message.lines().next() {
-        e.message = first.trim().to_string();
-    }
-    e
 }
 
 /// `Some(x)` unless `x` is empty (`device_class = ""` turns the default off).

@@ -183,7 +183,7 @@ impl SerialConfig {
 
     /// Parse and check a device's table; every problem found, each with its key path.
     pub fn from_spec(spec: &DeviceSpec) -> Result<SerialConfig, Vec<ConfigError>> {
-        let t: DeviceTable = spec.parse().map_err(|e| vec![tidy(e)])?;
+        let t: DeviceTable = spec.parse().map_err(|e| vec![e.first_line()])?;
         let mut errors = Vec::new();
         let mut err = |path: &str, msg: String| errors.push(ConfigError::new(path, msg));
 
@@ -369,7 +369,7 @@ impl SerialConfig {
         let mut points = Vec::with_capacity(t.point.len());
         for (i, raw) in t.point.into_iter().enumerate() {
             let at = format!("point[{i}]");
-            let p = match parse_point(raw) {
+            let p: PointTable = match sensorgate_api::config::parse_table(raw) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(e.under(&at));
@@ -539,30 +539,4 @@ fn check_regex(src: &str, err: &mut dyn FnMut(&str, String)) -> Option<regex::Re
         }
     }
     ok.then_some(re)
-}
-
-/// One point's table into a [`PointTable`], with the key path inside the point.
-fn parse_point(raw: toml::Value) -> Result<PointTable, ConfigError> {
-    if !raw.is_table() {
-        return Err(ConfigError::new(
-            "",
-            format!(
-                "a point must be a table ([[device.point]]), found: {}",
-                raw.type_str()
-            ),
-        ));
-    }
-    serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigError::new(path, e.into_inner().message().trim())
-    })
-}
-
-/// toml's message carries an "in `key`" suffix and new lines; the path already says where.
-fn tidy(mut e: ConfigError) -> ConfigError {
-    if let Some(first) = e.message.lines().next() {
-        e.message = first.trim().to_string();
-    }
-    e
 }

@@ -139,7 +139,7 @@ pub struct SimConfig {
 impl SimConfig {
     /// Parse and check a device's table; every problem found, each with its key path.
     pub fn from_spec(spec: &DeviceSpec) -> Result<SimConfig, Vec<ConfigError>> {
-        let table: DeviceTable = spec.parse().map_err(|e| vec![tidy(e)])?;
+        let table: DeviceTable = spec.parse().map_err(|e| vec![e.first_line()])?;
         let mut errors = Vec::new();
         if table.point.is_empty() {
             errors.push(ConfigError::new(
@@ -164,7 +164,7 @@ impl SimConfig {
                     seen.insert(name.to_string(), i);
                 }
             }
-            match parse_point(raw) {
+            match sensorgate_api::config::parse_table(raw) {
                 Ok(p) => {
                     if let Some(point) = check_point(&at, p, &mut errors) {
                         points.push(point);
@@ -179,34 +179,6 @@ impl SimConfig {
             Err(errors)
         }
     }
-}
-
-/// One point's table into a [`PointConfig`], with the key path inside the point.
-fn parse_point(raw: toml::Value) -> Result<PointConfig, ConfigError> {
-    if !raw.is_table() {
-        return Err(ConfigError::new(
-            "",
-            format!(
-                "a point must be a table ([[device.point]]), found: {}",
-                raw.type_str()
-            ),
-        ));
-    }
-    serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        // `message()`, not `to_string()`: the latter appends "in `key`" and new lines.
-        ConfigError::new(path, e.into_inner().message().trim())
-    })
-}
-
-/// [`DeviceSpec::parse`]'s message carries toml's "in `key`" suffix and new lines; the
-/// path already says where, so keep the first line.
-fn tidy(mut e: ConfigError) -> ConfigError {
-    if let Some(first) = e.message.lines().next() {
-        e.message = first.trim().to_string();
-    }
-    e
 }
 
 /// Check one parsed point; push its problems and return it only if it has none.
