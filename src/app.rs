@@ -97,13 +97,18 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
     let status_outbox = outbox.clone();
     let broker = broker::start(&config.broker, &internal).await?;
     log::info!(
-        "broker listening on {} (MQTT 3.1.1){}",
+        "broker listening on {}{}{} (MQTT 3.1.1 and 5 on each)",
         config.broker.listen,
         config
             .broker
             .listen_v5_addr()
-            .map(|a| format!(" and {a} (MQTT 5)"))
-            .unwrap_or_default()
+            .map(|a| format!(", {a}"))
+            .unwrap_or_default(),
+        if config.broker.listen_tls.is_empty() {
+            String::new()
+        } else {
+            format!(", {} (TLS)", config.broker.listen_tls)
+        }
     );
     let topics = Topics::new(&config.gateway.topic_prefix);
     broker
