@@ -105,6 +105,8 @@ struct Conn {
     backlog_max: i64,
     backlog_cursor: i64,
     backlog: VecDeque<Row>,
+    /// The next backlog rows, read while the ones in `backlog` go out.
+    backlog_next: Option<tokio::task::JoinHandle<Result<Vec<Row>, String>>>,
     backlog_done: bool,
     tokens: f64,
     last_refill: Instant,
@@ -128,6 +130,7 @@ impl Conn {
             backlog_max: 0,
             backlog_cursor: 0,
             backlog: VecDeque::new(),
+            backlog_next: None,
             backlog_done: true,
             tokens: 0.0,
             last_refill: now,
@@ -298,6 +301,8 @@ impl Session {
                 c.backlog_max = max;
                 c.live_cursor = max;
                 c.backlog_cursor = 0;
+                c.backlog.clear();
+                c.backlog_next = None;
                 c.backlog_done = false;
                 c.tokens = 0.0;
                 c.last_refill = Instant::now();
@@ -371,18 +376,33 @@ impl Session {
                 r
             } else if !c.backlog_done && c.tokens >= 1.0 {
                 if c.backlog.is_empty() {
-                    let rows = self
-                        .shared
-                        .outbox
-                        .peek(c.backlog_cursor, Some(c.backlog_max), PREFETCH)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let rows = match c.backlog_next.take() {
+                        Some(next) => next.await.map_err(|e| e.to_string())??,
+                        None => self
+                            .shared
+                            .outbox
+                            .peek(c.backlog_cursor, Some(c.backlog_max), PREFETCH)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    };
                     if rows.is_empty() {
                         log::debug!("upstream: backlog sent (up to id {})", c.backlog_cursor);
                         c.backlog_done = true;
                         break;
                     }
                     c.backlog.extend(rows);
+                    // Read the rows after these while these go out: the drain does not
+                    // stop for the database between batches.
+                    if let Some(last) = c.backlog.back().map(|r| r.id) {
+                        let outbox = self.shared.outbox.clone();
+                        let up_to = c.backlog_max;
+                        c.backlog_next = Some(tokio::spawn(async move {
+                            outbox
+                                .peek(last, Some(up_to), PREFETCH)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }));
+                    }
                 }
                 let Some(r) = c.backlog.pop_front() else {
                     break;
