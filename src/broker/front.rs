@@ -362,6 +362,7 @@ impl Front {
         };
         let broker = TcpStream::connect(internal).await?;
         let _ = broker.set_nodelay(true);
+        let broker_fd = std::os::fd::AsRawFd::as_raw_fd(&broker);
         let (mut br, mut bw) = broker.into_split();
         bw.write_all(&buf[..f.len]).await?;
         buf.advance(f.len);
@@ -399,7 +400,8 @@ impl Front {
         let (to_client, to_client_rx) = mpsc::channel(INJECT_QUEUE);
         let (to_broker, to_broker_rx) = mpsc::channel(INJECT_QUEUE);
         let up = self.client_to_broker(&session, cr, bw, buf, to_broker_rx, to_client);
-        let down = self.broker_to_client(&session, br, cw, bbuf, to_client_rx, to_broker);
+        let down =
+            self.broker_to_client(&session, br, broker_fd, cw, bbuf, to_client_rx, to_broker);
         tokio::select! {
             r = up => r,
             r = down => r,
@@ -630,6 +632,7 @@ impl Front {
         &self,
         s: &Session,
         mut br: R,
+        broker_fd: std::os::fd::RawFd,
         cw: &mut W,
         mut buf: BytesMut,
         mut inject: mpsc::Receiver<Vec<u8>>,
@@ -675,6 +678,7 @@ impl Front {
                     if n? == 0 {
                         return Ok(());
                     }
+                    quick_ack(broker_fd);
                 }
                 Some(pkt) = inject.recv() => {
                     cw.write_all(&pkt).await?;
@@ -841,5 +845,24 @@ async fn read_frame<R: AsyncRead + Unpin>(
         if r.read_buf(buf).await? == 0 {
             return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
+    }
+}
+
+/// rumqttd's own sockets have Nagle on (it never sets TCP_NODELAY): a small message waits
+/// for the ACK of the one before, and a delayed ACK holds it up. Acknowledging at once
+/// on the front's side of each internal connection lets the next one go. Linux clears
+/// the flag again by itself, so it is set after every read.
+fn quick_ack(fd: std::os::fd::RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this connection owns (it outlives the read half
+    // that was just read from), with a pointer to a c_int and its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
