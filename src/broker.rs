@@ -51,6 +51,10 @@ use crate::topic;
 /// messages. rumqttd's sample config (100 MiB × 10) reached 305 MiB RSS under load.
 const SEGMENT_SIZE: usize = 1024 * 1024;
 const SEGMENT_COUNT: usize = 2;
+/// What rumqttd reads for one QoS 0 subscription at a time; it is also how many retained
+/// messages such a subscriber gets when it subscribes (rumqttd truncates the rest; for
+/// QoS 1 the cap is its fixed 100 in flight).
+const MAX_OUTGOING_PACKETS: u64 = 2000;
 /// In-process links count against rumqttd's connection limit.
 const INTERNAL_LINKS: usize = 2;
 /// rumqttd's own connection limit, above the front's (which is the one clients meet):
@@ -267,7 +271,7 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
 
     let router = RouterConfig {
         max_connections: cfg.max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
-        max_outgoing_packet_count: 200,
+        max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
         max_segment_size: SEGMENT_SIZE,
         max_segment_count: SEGMENT_COUNT,
         custom_segment: None,

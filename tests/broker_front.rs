@@ -397,3 +397,38 @@ fn tail_logs_in_with_username_and_sensorgate_password() {
     );
     assert!(out.starts_with(&format!("{}/", s.prefix)), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_wildcard_subscriber_gets_all_300_retained_messages() {
+    let s = Setup::new("");
+    let _d = s.start();
+    let publisher = Sub::connect_only(s.addr(), "retainer").await;
+    assert!(publisher.connected());
+    for i in 0..300 {
+        publisher
+            .client
+            .publish(
+                format!("r/{i}"),
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                i.to_string(),
+            )
+            .await
+            .expect("publish");
+    }
+    // The last one has been routed once a subscriber sees it live.
+    let probe = Sub::connect(s.addr(), "probe", "r/299").await;
+    assert!(probe.wait_for(WAIT, |m| m.topic == "r/299").await.is_some());
+
+    let sub = Sub::connect(s.addr(), "late", "r/#").await;
+    assert!(
+        sub.wait_more_than(299, WAIT).await,
+        "{} retained",
+        sub.messages().len()
+    );
+    let mut topics: Vec<String> = sub.messages().into_iter().map(|m| m.topic).collect();
+    topics.sort();
+    topics.dedup();
+    assert_eq!(topics.len(), 300);
+    assert!(sub.messages().iter().all(|m| m.retain));
+}
