@@ -415,23 +415,25 @@ fn matches(filter: &[&str], topic: &[&str]) -> bool {
 }
 
 /// The filter matching exactly the topics both filters match, or None if there are none.
+/// The empty topic name is not a topic (MQTT forbids it): `+` and `/#` share only that.
 fn intersect<'a>(a: &[&'a str], b: &[&'a str]) -> Option<Vec<&'a str>> {
     if dollar_clash(a, b) {
         return None;
     }
+    let topic = |out: Vec<&'a str>| (out != [""]).then_some(out);
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     let mut i = 0;
     loop {
         match (a.get(i).copied(), b.get(i).copied()) {
             (Some("#"), _) => {
                 out.extend_from_slice(&b[i.min(b.len())..]);
-                return Some(out);
+                return topic(out);
             }
             (_, Some("#")) => {
                 out.extend_from_slice(&a[i.min(a.len())..]);
-                return Some(out);
+                return topic(out);
             }
-            (None, None) => return Some(out),
+            (None, None) => return topic(out),
             (None, Some(_)) | (Some(_), None) => return None,
             (Some(x), Some(y)) => {
                 if x == "+" {
@@ -691,6 +693,15 @@ mod tests {
         // Other clients.
         assert!(!acl.allows_subscribe(anon("c"), "sensors/#"));
         assert!(!acl.allows_subscribe(user("v", "c"), "#"));
+    }
+
+    #[test]
+    fn the_empty_topic_is_no_overlap() {
+        // `/#` matches "" (its parent level), `+` too: but "" is no topic.
+        let a = acl("topic /#\n");
+        assert!(!a.allows_subscribe(anon("c"), "+"));
+        assert!(a.allows_subscribe(anon("c"), "+/x"));
+        assert!(a.allows_subscribe(anon("c"), "#"));
     }
 
     #[test]
