@@ -205,6 +205,30 @@ fn internal_addr() -> Result<SocketAddr, BrokerError> {
         .map_err(BrokerError::InternalPort)
 }
 
+/// The front's listeners: `listen`, `listen_v5`, `listen_tls`.
+async fn bind_listeners(
+    cfg: &BrokerConfig,
+) -> Result<
+    (
+        tokio::net::TcpListener,
+        Option<tokio::net::TcpListener>,
+        Option<tokio::net::TcpListener>,
+    ),
+    BrokerError,
+> {
+    let listen = cfg.listen_addr().ok_or(BrokerError::Gone)?;
+    let v4 = bind(listen, "listen").await?;
+    let v5 = match cfg.listen_v5_addr() {
+        Some(a) => Some(bind(a, "listen_v5").await?),
+        None => None,
+    };
+    let tls = match cfg.listen_tls_addr() {
+        Some(a) => Some(bind(a, "listen_tls").await?),
+        None => None,
+    };
+    Ok((v4, v5, tls))
+}
+
 /// Bind a listener of the front: "address in use" is a start-up error.
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpListener, BrokerError> {
     tokio::net::TcpListener::bind(addr)
@@ -251,19 +275,16 @@ fn policy(
 /// the handle sorts messages to subscribers itself.
 pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHandle, BrokerError> {
     let listen = cfg.listen_addr().ok_or(BrokerError::Gone)?;
-    let listener = bind(listen, "listen").await?;
     let listen_v5 = cfg.listen_v5_addr();
-    let listener_v5 = match listen_v5 {
-        Some(a) => Some(bind(a, "listen_v5").await?),
+    let acceptor = match cfg.listen_tls_addr() {
+        Some(_) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(cfg)?)),
         None => None,
     };
-    let listener_tls = match cfg.listen_tls_addr() {
-        Some(a) => Some((
-            bind(a, "listen_tls").await?,
-            tokio_rustls::TlsAcceptor::from(tls::server_config(cfg)?),
-        )),
-        None => None,
-    };
+    // Bound now for a clear "address in use" at start, and let go again: a listener that
+    // is bound but not yet served queues connections, and a client that tried every few
+    // milliseconds meanwhile would come out of the queue as a burst of connects and use
+    // up its connect-rate tokens. They are bound for good once rumqttd answers.
+    drop(bind_listeners(cfg).await?);
     let internal_v4 = internal_addr()?;
     let internal_v5 = internal_addr()?;
     let front = Arc::new(Front::new(policy(cfg, internal_v4, internal_v5)?));
@@ -331,11 +352,12 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     // password file the probe's anonymous CONNECT is refused, which is an answer too).
     wait_ready(internal_v4, 4, Duration::from_secs(10), true).await?;
     wait_ready(internal_v5, 5, Duration::from_secs(10), true).await?;
+    let (listener, listener_v5, listener_tls) = bind_listeners(cfg).await?;
     tokio::spawn(front.clone().serve(listener, None));
     if let Some(l) = listener_v5 {
         tokio::spawn(front.clone().serve(l, None));
     }
-    if let Some((l, acceptor)) = listener_tls {
+    if let (Some(l), Some(acceptor)) = (listener_tls, acceptor) {
         tokio::spawn(front.clone().serve(l, Some(acceptor)));
     }
     let addr = client_addr(listen);
