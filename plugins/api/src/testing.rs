@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::adapter::{Adapter, AdapterContext, Command, DeviceEvent};
-use crate::config::DeviceSpec;
+use crate::adapter::{Adapter, AdapterContext, Command, DeviceEvent, Plugin};
+use crate::config::{ConfigError, DeviceSpec};
 use crate::error::AdapterError;
 use crate::reading::Reading;
 
@@ -38,6 +38,28 @@ pub fn spec(plugin: &str, name: &str, table: &str, state_dir: &Path) -> DeviceSp
         state_dir: state_dir.to_path_buf(),
         table: toml::from_str(table).expect("test TOML parses"),
     }
+}
+
+/// The errors of building device `d` of `plugin` from `table` (TOML source).
+///
+/// # Panics
+/// When the device builds: the test expected errors.
+pub fn build_errors(plugin: &dyn Plugin, table: &str) -> Vec<ConfigError> {
+    let state_dir = std::env::temp_dir().join("sensorgate-build-errors");
+    match plugin.build(&spec(plugin.name(), "d", table, &state_dir)) {
+        Ok(_) => panic!("built, but should not have:\n{table}"),
+        Err(e) => e,
+    }
+}
+
+/// The single error of building `table` (see [`build_errors`]).
+///
+/// # Panics
+/// When the device builds, or gives more than one error.
+pub fn build_error(plugin: &dyn Plugin, table: &str) -> ConfigError {
+    let mut e = build_errors(plugin, table);
+    assert_eq!(e.len(), 1, "expected one error, got {e:?}");
+    e.remove(0)
 }
 
 /// What the fake daemon does with a batch of readings.

@@ -8,10 +8,7 @@ use sensorgate_api::{ConfigError, Plugin};
 use sensorgate_exec::{ExecConfig, Mode, PLUGIN};
 
 fn errors(table: &str) -> Vec<ConfigError> {
-    match PLUGIN.build(&spec("exec", "d", table, Path::new("/nonexistent"))) {
-        Ok(_) => panic!("{table:?} should not build"),
-        Err(e) => e,
-    }
+    sensorgate_api::testing::build_errors(&PLUGIN, table)
 }
 
 fn at<'a>(errs: &'a [ConfigError], path: &str) -> &'a ConfigError {

@@ -5,11 +5,7 @@ use sensorgate_api::{ConfigError, Plugin};
 use sensorgate_serial::PLUGIN;
 
 fn errors(table: &str) -> Vec<ConfigError> {
-    let dir = tempfile::TempDir::new().expect("temp dir");
-    match PLUGIN.build(&spec("serial", "station", table, dir.path())) {
-        Ok(_) => panic!("this config builds, and should not:\n{table}"),
-        Err(e) => e,
-    }
+    sensorgate_api::testing::build_errors(&PLUGIN, table)
 }
 
 fn paths(errs: &[ConfigError]) -> Vec<&str> {

@@ -1,24 +1,14 @@
 //! Bad sim configs: each error has the key path of the problem, and all come back at once.
 
-use sensorgate_api::{ConfigError, Plugin};
+use sensorgate_api::ConfigError;
 use sensorgate_sim::PLUGIN;
 
-use sensorgate_api::testing as common;
-
-/// The errors of building a device from `table`; panics if it builds.
 fn errors(table: &str) -> Vec<ConfigError> {
-    let dir = tempfile::TempDir::new().expect("temp dir");
-    match PLUGIN.build(&common::spec("sim", "d", table, dir.path())) {
-        Ok(_) => panic!("built, but should not have:\n{table}"),
-        Err(e) => e,
-    }
+    sensorgate_api::testing::build_errors(&PLUGIN, table)
 }
 
-/// The single error of `table`.
 fn one_error(table: &str) -> ConfigError {
-    let mut e = errors(table);
-    assert_eq!(e.len(), 1, "expected one error, got {e:?}");
-    e.remove(0)
+    sensorgate_api::testing::build_error(&PLUGIN, table)
 }
 
 #[test]
