@@ -25,6 +25,7 @@ pub mod acl;
 pub mod front;
 pub mod packet;
 pub mod passwd;
+pub mod retained;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::acl::{Acl, AclError};
 use self::front::{Front, Policy};
 use self::passwd::{PasswdError, PasswordFile};
+use self::retained::{Retained, RetainedStore};
 
 use crate::config::BrokerConfig;
 use crate::topic;
@@ -51,9 +53,9 @@ use crate::topic;
 /// messages. rumqttd's sample config (100 MiB × 10) reached 305 MiB RSS under load.
 const SEGMENT_SIZE: usize = 1024 * 1024;
 const SEGMENT_COUNT: usize = 2;
-/// What rumqttd reads for one QoS 0 subscription at a time; it is also how many retained
-/// messages such a subscriber gets when it subscribes (rumqttd truncates the rest; for
-/// QoS 1 the cap is its fixed 100 in flight).
+/// What rumqttd reads for one QoS 0 subscription at a time (with 200 a flat-out QoS 0
+/// subscriber lost messages that 2000 delivers; retained messages are not rumqttd's
+/// business any more: see [`retained`]).
 const MAX_OUTGOING_PACKETS: u64 = 2000;
 /// In-process links count against rumqttd's connection limit.
 const INTERNAL_LINKS: usize = 2;
@@ -241,6 +243,7 @@ fn policy(
     cfg: &BrokerConfig,
     internal_v4: SocketAddr,
     internal_v5: SocketAddr,
+    retained: Arc<RetainedStore>,
 ) -> Result<Policy, BrokerError> {
     let passwords = if cfg.password_file.is_empty() {
         None
@@ -262,6 +265,7 @@ fn policy(
         max_subscriptions: cfg.max_subscriptions_per_client,
         max_keepalive: u16::try_from(cfg.max_keepalive.as_secs()).unwrap_or(u16::MAX),
         max_payload: usize::try_from(cfg.max_payload_size).unwrap_or(usize::MAX),
+        retained,
         internal_v4,
         internal_v5,
     })
@@ -287,7 +291,13 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     drop(bind_listeners(cfg).await?);
     let internal_v4 = internal_addr()?;
     let internal_v5 = internal_addr()?;
-    let front = Arc::new(Front::new(policy(cfg, internal_v4, internal_v5)?));
+    let retained = Arc::new(RetainedStore::default());
+    let front = Arc::new(Front::new(policy(
+        cfg,
+        internal_v4,
+        internal_v5,
+        retained.clone(),
+    )?));
     log::info!("internal broker: MQTT 3.1.1 on {internal_v4}, MQTT 5 on {internal_v5}");
 
     let router = RouterConfig {
@@ -331,7 +341,7 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     let subscribers: Subscribers = Arc::default();
     std::thread::Builder::new()
         .name("broker-pub".into())
-        .spawn(move || publish_thread(command_rx, pub_tx, sub_tx))?;
+        .spawn(move || publish_thread(command_rx, pub_tx, sub_tx, retained))?;
     std::thread::Builder::new()
         .name("broker-drain".into())
         .spawn(move || receive_thread(pub_rx, None))?;
@@ -374,7 +384,12 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
 }
 
 /// Owns both `LinkTx`es: every call into the router happens on this thread.
-fn publish_thread(mut rx: mpsc::Receiver<Command>, mut pub_tx: LinkTx, mut sub_tx: LinkTx) {
+fn publish_thread(
+    mut rx: mpsc::Receiver<Command>,
+    mut pub_tx: LinkTx,
+    mut sub_tx: LinkTx,
+    retained: Arc<RetainedStore>,
+) {
     // `LinkTx::send` is an `async fn` that never waits on anything but the router's
     // (blocking) queue, so a current-thread runtime on this thread is all it needs.
     let rt = match tokio::runtime::Builder::new_current_thread().build() {
@@ -389,8 +404,19 @@ fn publish_thread(mut rx: mpsc::Receiver<Command>, mut pub_tx: LinkTx, mut sub_t
             match cmd {
                 Command::Publish(messages, ack) => {
                     for m in messages {
+                        if m.retain {
+                            retained.set(
+                                &m.topic,
+                                Retained {
+                                    qos: 0,
+                                    properties: Box::default(),
+                                    payload: m.payload.clone(),
+                                },
+                            );
+                        }
                         let topic = Bytes::from(m.topic.into_bytes());
-                        let publish = Publish::new(topic, m.payload, m.retain);
+                        // Without the flag: the front hands out retained messages.
+                        let publish = Publish::new(topic, m.payload, false);
                         if let Err(e) = pub_tx.send(Packet::Publish(publish, None)).await {
                             log::error!("embedded broker refused a message: {e}");
                             return;

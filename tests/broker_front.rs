@@ -432,3 +432,101 @@ async fn a_qos0_wildcard_subscriber_gets_all_300_retained_messages() {
     assert_eq!(topics.len(), 300);
     assert!(sub.messages().iter().all(|m| m.retain));
 }
+
+/// What Home Assistant does: a QoS 1 subscription to `#` gets every retained message
+/// (rumqttd alone hands out its 100 in flight and drops the rest), then live messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos1_hash_subscriber_gets_all_300_retained_messages_then_live_ones() {
+    let s = Setup::new("");
+    let _d = s.start();
+    let publisher = Sub::connect_only(s.addr(), "retainer").await;
+    assert!(publisher.connected());
+    for i in 0..300 {
+        publisher
+            .client
+            .publish(
+                format!("r/{i}"),
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                i.to_string(),
+            )
+            .await
+            .expect("publish");
+    }
+    let probe = Sub::connect(s.addr(), "probe", "r/299").await;
+    assert!(probe.wait_for(WAIT, |m| m.topic == "r/299").await.is_some());
+
+    let a = s.addr();
+    for v5 in [false, true] {
+        let mut args = vec!["--sub", "#", "--qos", "1", "--wait", "4"];
+        args.extend(["--pub", "live/x", "after"]);
+        if v5 {
+            args.push("--v5");
+        }
+        let lines = tokio::task::spawn_blocking(move || paho(a, &args))
+            .await
+            .expect("paho");
+        let retained: std::collections::BTreeSet<String> = lines
+            .iter()
+            .filter(|l| l["retain"] == json!(true))
+            .filter_map(|l| l["msg"].as_str())
+            .filter(|t| t.starts_with("r/"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            retained.len(),
+            300,
+            "v5 {v5}: {} retained r/ topics",
+            retained.len()
+        );
+        let one = lines
+            .iter()
+            .find(|l| l["msg"] == json!("r/7"))
+            .expect("r/7");
+        assert_eq!(one["payload"], json!("7"));
+        // Its own QoS 1 publish comes back live, after the front's deliveries and acks.
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["msg"] == json!("live/x") && l["retain"] == json!(false)),
+            "v5 {v5}: no live message after the retained ones"
+        );
+    }
+
+    // MQTT 5 retain handling 2: no retained messages at all.
+    let lines = tokio::task::spawn_blocking(move || {
+        paho(
+            a,
+            &[
+                "--v5", "--sub", "r/#", "--qos", "1", "--rh", "2", "--wait", "1",
+            ],
+        )
+    })
+    .await
+    .expect("paho");
+    assert_eq!(paho_get(&lines, "suback"), Some(&json!([1])));
+    assert!(paho_topics(&lines).is_empty(), "{lines:?}");
+
+    // An empty retained payload deletes the topic's retained message.
+    for (topic, payload) in [("r/5", ""), ("r/299", "again")] {
+        publisher
+            .client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+    }
+    // Same connection, in order: once "again" is through, so is the delete.
+    assert!(probe
+        .wait_for(WAIT, |m| m.payload == "again")
+        .await
+        .is_some());
+    let lines = tokio::task::spawn_blocking(move || {
+        paho(
+            a,
+            &["--sub", "r/5", "--sub", "r/6", "--qos", "1", "--wait", "1"],
+        )
+    })
+    .await
+    .expect("paho");
+    assert_eq!(paho_topics(&lines), ["r/6"]);
+}

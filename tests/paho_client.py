@@ -9,7 +9,7 @@ what the broker answered as JSON lines on stdout:
   {"closed": RC}             the connection ended without our DISCONNECT
 
 usage: paho_client.py HOST PORT [--v5] [--id ID] [--user U] [--password P]
-         [--keepalive S] [--sub FILTER]... [--qos Q] [--pub TOPIC PAYLOAD]...
+         [--keepalive S] [--sub FILTER]... [--qos Q] [--rh 0|1|2] [--pub TOPIC PAYLOAD]...
          [--count N] [--wait S] [--cafile F] [--cert F --key F]
 Listens for --count messages or --wait seconds (default 2) after its publishes.
 """
@@ -30,6 +30,7 @@ ap.add_argument("--password")
 ap.add_argument("--keepalive", type=int, default=30)
 ap.add_argument("--sub", action="append", default=[])
 ap.add_argument("--qos", type=int, default=0)
+ap.add_argument("--rh", type=int, default=0, help="v5 retain handling of --sub")
 ap.add_argument("--pub", nargs=2, action="append", default=[])
 ap.add_argument("--count", type=int, default=0)
 ap.add_argument("--wait", type=float, default=2.0)
@@ -106,7 +107,12 @@ if state["connack"] != 0:
         out({"closed": "no CONNACK"})
     sys.exit(0)
 if a.sub:
-    client.subscribe([(f, a.qos) for f in a.sub])
+    if a.v5:
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        client.subscribe([(f, SubscribeOptions(qos=a.qos, retainHandling=a.rh)) for f in a.sub])
+    else:
+        client.subscribe([(f, a.qos) for f in a.sub])
     run_until(lambda: state["suback"], 10)
 for topic, payload in a.pub:
     client.publish(topic, payload, qos=a.qos)

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use super::acl::{Access, Acl, Client};
 use super::packet::{self as p, Frame, Framing, PacketError};
 use super::passwd::PasswordFile;
+use super::retained::{Retained, RetainedStore};
 
 /// How long a client may take from its TCP connect to a whole CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +58,10 @@ const SUB_FAILED: u8 = 0x80;
 const SUB_NOT_AUTHORIZED_V5: u8 = 0x87;
 /// v5 DISCONNECT reason "packet too large".
 const PACKET_TOO_LARGE: u8 = 0x95;
+/// rumqttd 0.20 numbers its QoS 1 deliveries 1..=100 (`MAX_PKID` in router/iobufs.rs);
+/// the front numbers the retained messages it sends itself above that, and the client's
+/// PUBACKs for those stop here.
+const BROKER_MAX_PKID: u16 = 100;
 
 /// What the front enforces (from `[broker]`).
 pub struct Policy {
@@ -67,6 +72,8 @@ pub struct Policy {
     pub max_subscriptions: usize,
     pub max_keepalive: u16,
     pub max_payload: usize,
+    /// Retained messages (shared with the daemon's own publisher).
+    pub retained: Arc<RetainedStore>,
     /// rumqttd's internal listeners, by protocol level.
     pub internal_v4: SocketAddr,
     pub internal_v5: SocketAddr,
@@ -127,9 +134,47 @@ struct Session {
     /// Every filter subscribed to so far lies wholly inside what the ACL lets the client
     /// read, so deliveries need no per-message Read check.
     all_readable: AtomicBool,
-    /// SUBSCRIBEs forwarded with some filters taken out: per packet id, the code of
-    /// each original filter that was refused (None = forwarded, code from rumqttd).
-    pending: Mutex<HashMap<u16, Vec<Option<u8>>>>,
+    /// SUBSCRIBEs on their way to rumqttd, by packet id, until their SUBACK.
+    pending: Mutex<HashMap<u16, PendingSub>>,
+    /// Packet ids of the retained messages the front sent at QoS 1, not yet acknowledged.
+    injected: Mutex<InjectedIds>,
+}
+
+/// A SUBSCRIBE waiting for rumqttd's SUBACK.
+struct PendingSub {
+    /// Per original filter: the code when the front refused it (None = forwarded; the
+    /// code comes from rumqttd).
+    codes: Vec<Option<u8>>,
+    /// Per original filter: the filter, its options byte, and whether the client was
+    /// subscribed to it already (MQTT 5 retain handling 1).
+    filters: Vec<(String, u8, bool)>,
+    subscription_id: Option<u32>,
+}
+
+/// Packet ids above [`BROKER_MAX_PKID`] in use for the front's own QoS 1 deliveries.
+#[derive(Default)]
+struct InjectedIds {
+    last: u16,
+    in_use: HashSet<u16>,
+}
+
+impl InjectedIds {
+    /// A free packet id, or None when every one is in use.
+    fn take(&mut self) -> Option<u16> {
+        if self.in_use.len() >= usize::from(u16::MAX - BROKER_MAX_PKID) {
+            return None;
+        }
+        loop {
+            self.last = if self.last <= BROKER_MAX_PKID || self.last == u16::MAX {
+                BROKER_MAX_PKID + 1
+            } else {
+                self.last + 1
+            };
+            if self.in_use.insert(self.last) {
+                return Some(self.last);
+            }
+        }
+    }
 }
 
 impl Session {
@@ -330,6 +375,7 @@ impl Front {
             pings: AtomicU32::new(0),
             all_readable: AtomicBool::new(true),
             pending: Mutex::new(HashMap::new()),
+            injected: Mutex::default(),
         };
         let password = c.password.map(<[u8]>::to_vec);
         let (keep_alive, keep_alive_at) = (c.keep_alive, c.keep_alive_at);
@@ -517,38 +563,57 @@ impl Front {
         match f.kind {
             p::PUBLISH => {
                 let acl = self.policy.acl.as_ref();
-                if acl.is_none() && f.len - f.header <= self.policy.max_payload {
+                let retain = f.flags & 0x01 != 0;
+                // 3.1.1 without ACL or retain flag: nothing to learn from it (a v5
+                // PUBLISH may define a topic alias that a later retained one uses).
+                if !retain
+                    && s.level == 4
+                    && acl.is_none()
+                    && f.len - f.header <= self.policy.max_payload
+                {
                     return Ok(Verdict::Forward);
                 }
                 let publish = p::parse_publish(pkt, f, s.level)?;
-                if publish.payload_len > self.policy.max_payload {
-                    return Err(SessionError::PayloadTooLarge(publish.payload_len));
+                if publish.payload.len() > self.policy.max_payload {
+                    return Err(SessionError::PayloadTooLarge(publish.payload.len()));
                 }
-                let Some(acl) = acl else {
-                    return Ok(Verdict::Forward);
-                };
                 let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
-                if st.decisions.allows(acl, s.client(), topic, Access::Write) {
+                if let Some(acl) = acl {
+                    if !st.decisions.allows(acl, s.client(), topic, Access::Write) {
+                        self.deny_publish(s, &mut st.dropped_qos2, topic, &publish, to_client)?;
+                        return Ok(Verdict::Drop);
+                    }
+                }
+                if !retain {
                     return Ok(Verdict::Forward);
                 }
-                let n = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
-                log::debug!(
-                    "broker: ACL: client {:?} may not publish on {topic:?}; dropped",
-                    s.client_id
+                let properties = if s.level == 5 {
+                    p::without_properties(publish.properties, &[p::TOPIC_ALIAS])?
+                } else {
+                    Vec::new()
+                };
+                self.policy.retained.set(
+                    topic,
+                    Retained {
+                        qos: publish.qos,
+                        properties: properties.into(),
+                        payload: bytes::Bytes::copy_from_slice(publish.payload),
+                    },
                 );
-                if n.is_power_of_two() {
-                    log::info!("broker: ACL: {n} PUBLISH(es) denied and dropped so far (last: client {:?} on {topic:?})", s.client_id);
-                }
-                match publish.qos {
-                    1 => send(to_client, p::ack(p::PUBACK, publish.pkid).to_vec())?,
-                    2 => {
-                        st.dropped_qos2.insert(publish.pkid);
-                        send(to_client, p::ack(p::PUBREC, publish.pkid).to_vec())?;
-                    }
-                    _ => {}
-                }
-                Ok(Verdict::Drop)
+                // rumqttd keeps no retained message of its own (see retained.rs).
+                let mut pkt = pkt.to_vec();
+                pkt[0] &= !0x01;
+                Ok(Verdict::Replace(pkt))
             }
+            p::PUBACK => match p::ack_pkid(pkt, f) {
+                Some(id) if id > BROKER_MAX_PKID => {
+                    if let Ok(mut ids) = s.injected.lock() {
+                        ids.in_use.remove(&id);
+                    }
+                    Ok(Verdict::Drop)
+                }
+                _ => Ok(Verdict::Forward),
+            },
             p::PUBREL => match p::ack_pkid(pkt, f) {
                 Some(id) if st.dropped_qos2.remove(&id) => {
                     send(to_client, p::ack(p::PUBCOMP, id).to_vec())?;
@@ -560,6 +625,11 @@ impl Front {
                 let sub = p::parse_subscribe(pkt, f, s.level, false)?;
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut allowed = Vec::with_capacity(sub.filters.len());
+                let existed: Vec<bool> = sub
+                    .filters
+                    .iter()
+                    .map(|(f, _)| st.subscriptions.contains(*f))
+                    .collect();
                 for &(filter, options) in &sub.filters {
                     let permitted = self
                         .policy
@@ -596,17 +666,35 @@ impl Front {
                         codes.push(None);
                     }
                 }
-                if allowed.len() == sub.filters.len() {
-                    return Ok(Verdict::Forward);
-                }
                 if allowed.is_empty() {
                     let codes: Vec<u8> =
                         codes.into_iter().map(|c| c.unwrap_or(SUB_FAILED)).collect();
                     send(to_client, p::suback(sub.pkid, s.level, None, &codes))?;
                     return Ok(Verdict::Drop);
                 }
+                let all = allowed.len() == sub.filters.len();
+                let subscription_id = match sub.properties {
+                    Some(props) => p::subscription_id(props)?,
+                    None => None,
+                };
                 if let Ok(mut pending) = s.pending.lock() {
-                    pending.insert(sub.pkid, codes);
+                    let filters = sub
+                        .filters
+                        .iter()
+                        .zip(&existed)
+                        .map(|(&(f, o), &e)| (f.to_string(), o, e))
+                        .collect();
+                    pending.insert(
+                        sub.pkid,
+                        PendingSub {
+                            codes,
+                            filters,
+                            subscription_id,
+                        },
+                    );
+                }
+                if all {
+                    return Ok(Verdict::Forward);
                 }
                 Ok(Verdict::Replace(p::subscribe(
                     sub.pkid,
@@ -623,6 +711,96 @@ impl Front {
             }
             p::CONNECT => Err(SessionError::Protocol("a second CONNECT")),
             _ => Ok(Verdict::Forward),
+        }
+    }
+
+    /// A PUBLISH the ACL does not let the client make: counted, acknowledged, dropped.
+    fn deny_publish(
+        &self,
+        s: &Session,
+        dropped_qos2: &mut HashSet<u16>,
+        topic: &str,
+        publish: &p::Publish<'_>,
+        to_client: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), SessionError> {
+        let n = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
+        log::debug!(
+            "broker: ACL: client {:?} may not publish on {topic:?}; dropped",
+            s.client_id
+        );
+        if n.is_power_of_two() {
+            log::info!("broker: ACL: {n} PUBLISH(es) denied and dropped so far (last: client {:?} on {topic:?})", s.client_id);
+        }
+        match publish.qos {
+            1 => send(to_client, p::ack(p::PUBACK, publish.pkid).to_vec())?,
+            2 => {
+                dropped_qos2.insert(publish.pkid);
+                send(to_client, p::ack(p::PUBREC, publish.pkid).to_vec())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Append to `out` the retained messages a new subscription to `filter` gets,
+    /// granted QoS `granted` (at most 1: the front does not run QoS 2 exchanges itself).
+    #[allow(clippy::too_many_arguments)]
+    fn retained_for(
+        &self,
+        s: &Session,
+        st: &mut DownState,
+        filter: &str,
+        granted: u8,
+        options: u8,
+        existed: bool,
+        subscription_id: Option<u32>,
+        out: &mut Vec<u8>,
+    ) {
+        if s.level == 5 {
+            // Retain handling: 0 send, 1 send unless the subscription existed, 2 don't.
+            match (options >> 4) & 0x03 {
+                0 => {}
+                1 if !existed => {}
+                _ => return,
+            }
+        }
+        let found = self.policy.retained.matching(filter);
+        if found.is_empty() {
+            return;
+        }
+        let check = self
+            .policy
+            .acl
+            .as_ref()
+            .filter(|_| !s.all_readable.load(Ordering::Relaxed));
+        let Ok(mut ids) = s.injected.lock() else {
+            return;
+        };
+        for (topic, m) in found {
+            if let Some(acl) = check {
+                if !st.decisions.allows(acl, s.client(), &topic, Access::Read) {
+                    continue;
+                }
+            }
+            let mut qos = m.qos.min(granted).min(1);
+            let pkid = if qos > 0 {
+                ids.take().unwrap_or_else(|| {
+                    qos = 0;
+                    0
+                })
+            } else {
+                0
+            };
+            out.extend_from_slice(&p::publish(
+                s.level,
+                &topic,
+                qos,
+                pkid,
+                true,
+                &m.properties,
+                subscription_id,
+                &m.payload,
+            ));
         }
     }
 
@@ -732,17 +910,38 @@ impl Front {
                 let Some(planned) = planned else {
                     return Ok(Verdict::Forward);
                 };
+                let spliced = planned.codes.iter().any(Option::is_some);
                 let mut from_broker = ack.codes.iter();
                 let codes: Vec<u8> = planned
-                    .into_iter()
+                    .codes
+                    .iter()
                     .map(|c| c.unwrap_or_else(|| from_broker.next().copied().unwrap_or(SUB_FAILED)))
                     .collect();
-                Ok(Verdict::Replace(p::suback(
-                    ack.pkid,
-                    s.level,
-                    ack.properties,
-                    &codes,
-                )))
+                let mut out = Vec::new();
+                for ((filter, options, existed), &code) in planned.filters.iter().zip(&codes) {
+                    if code < SUB_FAILED {
+                        self.retained_for(
+                            s,
+                            st,
+                            filter,
+                            code,
+                            *options,
+                            *existed,
+                            planned.subscription_id,
+                            &mut out,
+                        );
+                    }
+                }
+                if !spliced && out.is_empty() {
+                    return Ok(Verdict::Forward);
+                }
+                let mut suback = if spliced {
+                    p::suback(ack.pkid, s.level, ack.properties, &codes)
+                } else {
+                    pkt.to_vec()
+                };
+                suback.append(&mut out);
+                Ok(Verdict::Replace(suback))
             }
             p::PINGRESP => {
                 let answered = s

@@ -180,51 +180,75 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Walk a v5 property section; `f` sees each property's id and, for two-byte integer
-/// properties, its value.
+/// Walk a v5 property section; `f` sees each property's id, its value for integer
+/// properties (two-byte ones and the subscription identifier), and where it lies in
+/// `props`.
 fn walk_properties(
     props: &[u8],
     what: &'static str,
-    mut f: impl FnMut(u8, Option<u16>),
+    mut f: impl FnMut(u8, Option<u32>, std::ops::Range<usize>),
 ) -> Result<(), PacketError> {
     let mut r = Reader::new(props, what);
     while !r.done() {
+        let start = r.pos;
         let id = r.varint()?;
         let id = u8::try_from(id).map_err(|_| r.err())?;
-        match id {
+        let value = match id {
             0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => {
                 r.u8()?;
-                f(id, None);
+                None
             }
-            0x13 | 0x21 | 0x22 | 0x23 => {
-                let v = r.u16()?;
-                f(id, Some(v));
-            }
+            0x13 | 0x21 | 0x22 | 0x23 => Some(u32::from(r.u16()?)),
             0x02 | 0x11 | 0x18 | 0x27 => {
                 r.bytes(4)?;
-                f(id, None);
+                None
             }
-            0x0b => {
-                r.varint()?;
-                f(id, None);
-            }
+            0x0b => Some(u32::try_from(r.varint()?).map_err(|_| r.err())?),
             0x03 | 0x08 | 0x12 | 0x15 | 0x1a | 0x1c | 0x1f => {
                 r.string()?;
-                f(id, None);
+                None
             }
             0x09 | 0x16 => {
                 r.binary()?;
-                f(id, None);
+                None
             }
             0x26 => {
                 r.string()?;
                 r.string()?;
-                f(id, None);
+                None
             }
             _ => return Err(r.err()),
-        }
+        };
+        f(id, value, start..r.pos);
     }
     Ok(())
+}
+
+/// v5 property id: topic alias.
+pub const TOPIC_ALIAS: u8 = 0x23;
+/// v5 property id: subscription identifier.
+pub const SUBSCRIPTION_ID: u8 = 0x0b;
+
+/// `props` without the properties whose id is in `drop`.
+pub fn without_properties(props: &[u8], drop: &[u8]) -> Result<Vec<u8>, PacketError> {
+    let mut out = Vec::with_capacity(props.len());
+    walk_properties(props, "properties", |id, _, span| {
+        if !drop.contains(&id) {
+            out.extend_from_slice(&props[span]);
+        }
+    })?;
+    Ok(out)
+}
+
+/// The subscription identifier among a SUBSCRIBE's properties.
+pub fn subscription_id(props: &[u8]) -> Result<Option<u32>, PacketError> {
+    let mut id = None;
+    walk_properties(props, "SUBSCRIBE", |p, v, _| {
+        if p == SUBSCRIPTION_ID {
+            id = v;
+        }
+    })?;
+    Ok(id)
 }
 
 /// The fields of a CONNECT the front decides on.
@@ -304,7 +328,9 @@ pub struct Publish<'a> {
     pub qos: u8,
     pub pkid: u16,
     pub topic_alias: Option<u16>,
-    pub payload_len: usize,
+    /// The v5 property section (empty on 3.1.1).
+    pub properties: &'a [u8],
+    pub payload: &'a [u8],
 }
 
 /// Parse a whole PUBLISH packet of protocol `level`.
@@ -317,21 +343,22 @@ pub fn parse_publish<'a>(pkt: &'a [u8], f: &Frame, level: u8) -> Result<Publish<
     let topic = r.string()?;
     let pkid = if qos > 0 { r.u16()? } else { 0 };
     let mut topic_alias = None;
+    let mut properties = &[][..];
     if level == 5 {
-        let props = r.properties()?;
-        walk_properties(props, "PUBLISH", |id, v| {
-            if id == 0x23 {
-                topic_alias = v;
+        properties = r.properties()?;
+        walk_properties(properties, "PUBLISH", |id, v, _| {
+            if id == TOPIC_ALIAS {
+                topic_alias = v.and_then(|v| u16::try_from(v).ok());
             }
         })?;
     }
-    let payload_len = r.rest().len();
     Ok(Publish {
         topic,
         qos,
         pkid,
         topic_alias,
-        payload_len,
+        properties,
+        payload: r.rest(),
     })
 }
 
@@ -449,7 +476,7 @@ pub fn connack_with_keepalive(
     let code = r.u8()?;
     let props = if r.done() { &[][..] } else { r.properties()? };
     let mut p = Vec::with_capacity(props.len() + 3);
-    walk_properties(props, "CONNACK", |_, _| {})?;
+    walk_properties(props, "CONNACK", |_, _, _| {})?;
     p.extend_from_slice(props);
     p.push(0x13);
     p.extend_from_slice(&keep_alive.to_be_bytes());
@@ -457,6 +484,38 @@ pub fn connack_with_keepalive(
     put_varint(&mut body, p.len());
     body.extend_from_slice(&p);
     Ok(packet(0x20, &body))
+}
+
+/// Build a PUBLISH (`properties` and `subscription_id`: v5 only; packet id only for
+/// QoS > 0).
+#[allow(clippy::too_many_arguments)]
+pub fn publish(
+    level: u8,
+    topic: &str,
+    qos: u8,
+    pkid: u16,
+    retain: bool,
+    properties: &[u8],
+    subscription_id: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(topic.len() + properties.len() + payload.len() + 16);
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    if level == 5 {
+        let mut props = properties.to_vec();
+        if let Some(id) = subscription_id {
+            props.push(SUBSCRIPTION_ID);
+            put_varint(&mut props, id as usize);
+        }
+        put_varint(&mut body, props.len());
+        body.extend_from_slice(&props);
+    }
+    body.extend_from_slice(payload);
+    packet((PUBLISH << 4) | (qos << 1) | u8::from(retain), &body)
 }
 
 /// A two-byte acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP) for `pkid`.

@@ -88,12 +88,33 @@ fn publish_fields_and_topic_alias() {
             qos: 1,
             pkid: 7,
             topic_alias: Some(3),
-            payload_len: 3
+            properties: &[0x23, 0, 3],
+            payload: b"xyz",
         }
     );
     let pkt = packet(0x30, &[0, 1, b't', 1, 2]);
     let p = parse_publish(&pkt, &whole(&pkt), 4).expect("publish");
-    assert_eq!((p.topic, p.qos, p.payload_len), ("t", 0, 2));
+    assert_eq!((p.topic, p.qos, p.payload), ("t", 0, &[1u8, 2][..]));
+}
+
+#[test]
+fn built_publish_parses_back_and_properties_can_be_dropped() {
+    // v5 properties: content type "j", topic alias 9, user property ("k", "v").
+    let props = [0x03, 0, 1, b'j', 0x23, 0, 9, 0x26, 0, 1, b'k', 0, 1, b'v'];
+    let kept = without_properties(&props, &[TOPIC_ALIAS]).expect("walk");
+    assert_eq!(kept, [0x03, 0, 1, b'j', 0x26, 0, 1, b'k', 0, 1, b'v']);
+    let pkt = publish(5, "a/b", 1, 300, true, &kept, Some(200), b"xyz");
+    let f = whole(&pkt);
+    assert_eq!(f.flags, 0b0011);
+    let p = parse_publish(&pkt, &f, 5).expect("publish");
+    assert_eq!(
+        (p.topic, p.qos, p.pkid, p.payload),
+        ("a/b", 1, 300, &b"xyz"[..])
+    );
+    assert_eq!(p.topic_alias, None);
+    assert_eq!(subscription_id(p.properties).expect("walk"), Some(200));
+    let pkt = publish(4, "t", 0, 0, false, &kept, Some(1), b"");
+    assert_eq!(pkt, [0x30, 3, 0, 1, b't']);
 }
 
 #[test]
@@ -162,7 +183,7 @@ proptest! {
         let mut seen = 0;
         while let Ok(Framing::Packet(f)) = frame(&stream[pos..cut], MAX_REMAINING) {
             let p = parse_publish(&stream[pos..pos + f.len], &f, 4).expect("publish");
-            prop_assert_eq!(p.payload_len, payloads[seen].len());
+            prop_assert_eq!(p.payload.len(), payloads[seen].len());
             pos += f.len;
             seen += 1;
         }
