@@ -23,6 +23,7 @@
 
 pub mod acl;
 pub mod front;
+pub mod offline;
 pub mod packet;
 pub mod passwd;
 pub mod retained;
@@ -265,6 +266,8 @@ fn policy(
         max_subscriptions: cfg.max_subscriptions_per_client,
         max_keepalive: u16::try_from(cfg.max_keepalive.as_secs()).unwrap_or(u16::MAX),
         max_payload: usize::try_from(cfg.max_payload_size).unwrap_or(usize::MAX),
+        max_queued: cfg.max_queued_messages,
+        message_expiry: cfg.message_expiry,
         retained,
         internal_v4,
         internal_v5,
@@ -301,7 +304,8 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     log::info!("internal broker: MQTT 3.1.1 on {internal_v4}, MQTT 5 on {internal_v5}");
 
     let router = RouterConfig {
-        max_connections: cfg.max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
+        // Clients, and as many offline sessions (each keeps its connection to rumqttd).
+        max_connections: 2 * cfg.max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
         max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
         max_segment_size: SEGMENT_SIZE,
         max_segment_count: SEGMENT_COUNT,

@@ -11,7 +11,13 @@ what the broker answered as JSON lines on stdout:
 usage: paho_client.py HOST PORT [--v5] [--id ID] [--user U] [--password P]
          [--keepalive S] [--sub FILTER]... [--qos Q] [--rh 0|1|2] [--pub TOPIC PAYLOAD]...
          [--count N] [--wait S] [--cafile F] [--cert F --key F]
+         [--persistent [--expiry S]] [--no-ack] [--will TOPIC PAYLOAD [--will-retain]]
+         [--drop]
 Listens for --count messages or --wait seconds (default 2) after its publishes.
+--persistent: 3.1.1 clean session off / MQTT 5 clean start off with a session expiry
+(--expiry, default 3600 s); the connack line then says "session_present" too.
+--no-ack: never acknowledge a QoS 1 message. --drop: end by closing the socket
+without DISCONNECT (the broker sends the will).
 """
 import argparse
 import json
@@ -37,6 +43,12 @@ ap.add_argument("--wait", type=float, default=2.0)
 ap.add_argument("--cafile")
 ap.add_argument("--cert")
 ap.add_argument("--key")
+ap.add_argument("--persistent", action="store_true")
+ap.add_argument("--expiry", type=int, default=3600)
+ap.add_argument("--no-ack", action="store_true")
+ap.add_argument("--will", nargs=2)
+ap.add_argument("--will-retain", action="store_true")
+ap.add_argument("--drop", action="store_true")
 a = ap.parse_args()
 
 state = {"connack": None, "suback": False, "msgs": 0, "closed": False, "pubacks": 0}
@@ -52,7 +64,8 @@ def code(c):
 
 def on_connect(client, userdata, flags, rc, properties=None):
     state["connack"] = code(rc)
-    out({"connack": code(rc)})
+    present = flags.get("session present") if isinstance(flags, dict) else getattr(flags, "session_present", None)
+    out({"connack": code(rc), "session_present": bool(present)})
 
 
 def on_subscribe(client, userdata, mid, granted, properties=None):
@@ -78,7 +91,16 @@ def on_disconnect(client, userdata, rc, *args):
 
 
 protocol = mqtt.MQTTv5 if a.v5 else mqtt.MQTTv311
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION1, client_id=a.id, protocol=protocol)
+if a.v5:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION1, client_id=a.id, protocol=protocol)
+else:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION1, client_id=a.id, protocol=protocol, clean_session=not a.persistent
+    )
+if a.no_ack:
+    client.manual_ack_set(True)
+if a.will:
+    client.will_set(a.will[0], a.will[1], qos=1, retain=a.will_retain)
 client.on_connect = on_connect
 client.on_subscribe = on_subscribe
 client.on_message = on_message
@@ -97,7 +119,17 @@ def run_until(pred, seconds):
 
 
 try:
-    client.connect(a.host, a.port, a.keepalive)
+    if a.v5:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = None
+        if a.persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = a.expiry
+        client.connect(a.host, a.port, a.keepalive, clean_start=not a.persistent, properties=props)
+    else:
+        client.connect(a.host, a.port, a.keepalive)
 except Exception as e:  # noqa: BLE001 - report every connect failure the same way
     out({"closed": str(e)})
     sys.exit(0)
@@ -124,5 +156,8 @@ else:
     run_until(lambda: False, a.wait)
 if not state["closed"]:
     state["closed"] = True
-    client.disconnect()
-    client.loop(0.1)
+    if a.drop:
+        client.socket().close()
+    else:
+        client.disconnect()
+        client.loop(0.1)

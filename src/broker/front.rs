@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 
 use super::acl::{Access, Acl, Client};
+use super::offline::{OfflineQueue, Queued, Registry};
 use super::packet::{self as p, Frame, Framing, PacketError};
 use super::passwd::PasswordFile;
 use super::retained::{Retained, RetainedStore};
@@ -62,6 +64,12 @@ const PACKET_TOO_LARGE: u8 = 0x95;
 /// the front numbers the retained messages it sends itself above that, and the client's
 /// PUBACKs for those stop here.
 const BROKER_MAX_PKID: u16 = 100;
+/// The packet id of a will the front publishes for a client (rumqttd's PUBACK for it
+/// arrives when nobody waits for it).
+const WILL_PKID: u16 = u16::MAX;
+/// Where a CONNACK's return / reason code is (after its two-byte fixed header and the
+/// session-present flags).
+const CONNACK_CODE_AT: usize = 3;
 
 /// What the front enforces (from `[broker]`).
 pub struct Policy {
@@ -72,6 +80,9 @@ pub struct Policy {
     pub max_subscriptions: usize,
     pub max_keepalive: u16,
     pub max_payload: usize,
+    /// Per offline persistent session: messages kept, and for how long (zero: no limit).
+    pub max_queued: usize,
+    pub message_expiry: Duration,
     /// Retained messages (shared with the daemon's own publisher).
     pub retained: Arc<RetainedStore>,
     /// rumqttd's internal listeners, by protocol level.
@@ -88,6 +99,74 @@ pub struct Front {
     denied: AtomicU64,
     /// Connect-rate token buckets per source address.
     rate: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Persistent sessions, online or offline, by client id.
+    sessions: Registry<Kept>,
+    /// Offline sessions (each holds a connection to rumqttd).
+    parked: AtomicUsize,
+}
+
+/// A connection to rumqttd, as one client's session uses it.
+struct Link {
+    br: OwnedReadHalf,
+    bw: OwnedWriteHalf,
+    fd: std::os::fd::RawFd,
+    /// Read from rumqttd, not yet passed on.
+    buf: BytesMut,
+    /// rumqttd's CONNACK when the connection was made.
+    connack: Vec<u8>,
+}
+
+/// A persistent session between connections: everything a returning client resumes.
+struct Kept {
+    level: u8,
+    username: Option<String>,
+    all_readable: bool,
+    link: Link,
+    up: UpState,
+    down: DownState,
+    queue: OfflineQueue,
+}
+
+impl Kept {
+    /// End the session: rumqttd is told the connection ends normally (it holds no will
+    /// of a kept session anyway) and forgets its subscriptions.
+    async fn end(&mut self) {
+        let _ = self.link.bw.write_all(&p::disconnect(self.level)).await;
+        let _ = self.link.bw.shutdown().await;
+    }
+}
+
+/// A CONNECT's will, owned.
+struct OwnedWill {
+    qos: u8,
+    retain: bool,
+    properties: Vec<u8>,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+impl From<&p::Will<'_>> for OwnedWill {
+    fn from(w: &p::Will<'_>) -> OwnedWill {
+        OwnedWill {
+            qos: w.qos,
+            retain: w.retain,
+            properties: w.properties.to_vec(),
+            topic: w.topic.to_string(),
+            payload: w.payload.to_vec(),
+        }
+    }
+}
+
+/// How the client → broker direction ended without an error.
+enum UpEnd {
+    /// The client closed the connection (without DISCONNECT).
+    Closed,
+    /// The client sent DISCONNECT (MQTT 5 reason 0x04: and wants its will sent).
+    Disconnect { with_will: bool },
+    /// Another connection with the same client id takes the session over.
+    Claimed(oneshot::Sender<Kept>),
+    /// rumqttd closed the connection.
+    BrokerClosed,
 }
 
 struct Bucket {
@@ -138,6 +217,9 @@ struct Session {
     pending: Mutex<HashMap<u16, PendingSub>>,
     /// Packet ids of the retained messages the front sent at QoS 1, not yet acknowledged.
     injected: Mutex<InjectedIds>,
+    /// A persistent session's QoS 1 deliveries from rumqttd the client has not
+    /// acknowledged yet, by rumqttd's packet id (None: not persistent).
+    in_flight: Option<Mutex<Vec<(u16, Queued)>>>,
 }
 
 /// A SUBSCRIBE waiting for rumqttd's SUBACK.
@@ -200,6 +282,8 @@ impl Front {
             clients: AtomicUsize::new(0),
             denied: AtomicU64::new(0),
             rate: Mutex::new(HashMap::new()),
+            sessions: Registry::default(),
+            parked: AtomicUsize::new(0),
         }
     }
 
@@ -376,6 +460,7 @@ impl Front {
             all_readable: AtomicBool::new(true),
             pending: Mutex::new(HashMap::new()),
             injected: Mutex::default(),
+            in_flight: None,
         };
         let password = c.password.map(<[u8]>::to_vec);
         let (keep_alive, keep_alive_at) = (c.keep_alive, c.keep_alive_at);
@@ -397,10 +482,172 @@ impl Front {
             }
             server_keep_alive = Some(self.policy.max_keepalive);
         }
+        let client_id = session.client_id.clone();
+        let persistent = !client_id.is_empty()
+            && if level == 5 {
+                c.session_expiry > 0
+            } else {
+                !c.clean
+            };
+        let expiry = (level == 5 && c.session_expiry != u32::MAX)
+            .then(|| Duration::from_secs(c.session_expiry.into()));
+        let clean = c.clean;
+        let will = c.will.as_ref().map(OwnedWill::from);
+        // A session the front keeps itself goes to rumqttd clean, without the will.
+        let owned_connect = persistent.then(|| p::connect_for_broker(&c, BROKER_KEEPALIVE));
         if keep_alive == 0 {
             buf[keep_alive_at..keep_alive_at + 2].copy_from_slice(&BROKER_KEEPALIVE.to_be_bytes());
         }
 
+        // The session this client id left (or still holds on another connection).
+        let earlier = if client_id.is_empty() {
+            None
+        } else {
+            self.sessions.claim(&client_id).await
+        };
+        let resumed = match earlier {
+            Some(k) if !clean && k.level == level && k.username == session.username => Some(k),
+            Some(mut k) => {
+                k.end().await;
+                None
+            }
+            None => None,
+        };
+        let owned = persistent || resumed.is_some();
+
+        let (mut link, mut up_st, mut down_st, queue) = match resumed {
+            Some(k) => {
+                session
+                    .all_readable
+                    .store(k.all_readable, Ordering::Relaxed);
+                let mut up_st = k.up;
+                up_st.aliases = Aliases::default();
+                let mut down_st = k.down;
+                down_st.aliases = Aliases::default();
+                (k.link, up_st, down_st, Some(k.queue))
+            }
+            None => {
+                let first: &[u8] = owned_connect.as_deref().unwrap_or(&buf[..f.len]);
+                let link = self.open(level, first).await?;
+                (link, UpState::default(), DownState::default(), None)
+            }
+        };
+        buf.advance(f.len);
+        let mut connack = link.connack.clone();
+        let accepted = connack.get(CONNACK_CODE_AT) == Some(&0);
+        if queue.is_some() {
+            connack[CONNACK_CODE_AT - 1] |= 0x01; // session present
+        }
+        match server_keep_alive {
+            Some(k) if accepted => {
+                let af = match p::frame(&connack, p::MAX_REMAINING)? {
+                    Framing::Packet(af) => af,
+                    Framing::Partial(_) => return Err(SessionError::Protocol("a short CONNACK")),
+                };
+                cw.write_all(&p::connack_with_keepalive(&connack, &af, k)?)
+                    .await?
+            }
+            _ => cw.write_all(&connack).await?,
+        }
+        if !accepted {
+            return Ok(());
+        }
+        log::debug!(
+            "broker: client {client_id:?} connected from {peer} (MQTT {}{})",
+            if level == 5 { "5" } else { "3.1.1" },
+            if queue.is_some() {
+                ", session resumed"
+            } else {
+                ""
+            }
+        );
+        if let Some(mut queue) = queue {
+            self.flush(&session, cw, &mut queue).await?;
+        }
+
+        let generation = self.sessions.generation();
+        let mut claim = persistent.then(|| self.sessions.hold(&client_id, generation));
+        let in_flight = persistent.then(|| Mutex::new(Vec::new()));
+        let session = Session {
+            in_flight,
+            ..session
+        };
+        let (to_client, to_client_rx) = mpsc::channel(INJECT_QUEUE);
+        let (to_broker, to_broker_rx) = mpsc::channel(INJECT_QUEUE);
+        let up = self.client_to_broker(
+            &session,
+            cr,
+            &mut link.bw,
+            buf,
+            &mut up_st,
+            to_broker_rx,
+            to_client,
+            claim.as_mut(),
+        );
+        let down = self.broker_to_client(
+            &session,
+            &mut link.br,
+            link.fd,
+            cw,
+            &mut link.buf,
+            &mut down_st,
+            to_client_rx,
+            to_broker,
+        );
+        let end = tokio::select! {
+            r = up => r,
+            r = down => r.map(|()| UpEnd::BrokerClosed),
+        };
+        let (normal, result) = match end {
+            Ok(UpEnd::BrokerClosed) => {
+                self.sessions.release(&client_id, generation);
+                return Ok(());
+            }
+            Ok(UpEnd::Claimed(reply)) => {
+                // Another connection with this client id takes the session over.
+                let kept = self.keep(&session, link, up_st, down_st).await;
+                let _ = reply.send(kept);
+                return Ok(());
+            }
+            Ok(UpEnd::Disconnect { with_will }) => (!with_will, Ok(())),
+            Ok(UpEnd::Closed) => (false, Ok(())),
+            Err(e) => (false, Err(e)),
+        };
+        if !owned {
+            // rumqttd sees the connection end, and sends the will itself.
+            return result;
+        }
+        if !normal {
+            if let Some(w) = &will {
+                self.send_will(&session, &mut link.bw, w).await;
+            }
+        }
+        match claim {
+            Some(claim) if self.parked.load(Ordering::Relaxed) < self.policy.max_connections => {
+                let kept = self.keep(&session, link, up_st, down_st).await;
+                log::debug!("broker: client {client_id:?} is offline; its session is kept");
+                tokio::spawn(
+                    self.clone()
+                        .offline(client_id, generation, kept, claim, expiry),
+                );
+            }
+            Some(_) => {
+                log::warn!(
+                    "broker: {} offline sessions kept already (max_connections); the session of client {client_id:?} ends",
+                    self.policy.max_connections
+                );
+                self.sessions.release(&client_id, generation);
+                let _ = link.bw.write_all(&p::disconnect(level)).await;
+            }
+            None => {
+                let _ = link.bw.write_all(&p::disconnect(level)).await;
+            }
+        }
+        result
+    }
+
+    /// A new connection to rumqttd, sent `connect`; returns once its CONNACK is in.
+    async fn open(&self, level: u8, connect: &[u8]) -> Result<Link, SessionError> {
         let internal = if level == 5 {
             self.policy.internal_v5
         } else {
@@ -408,50 +655,278 @@ impl Front {
         };
         let broker = TcpStream::connect(internal).await?;
         let _ = broker.set_nodelay(true);
-        let broker_fd = std::os::fd::AsRawFd::as_raw_fd(&broker);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&broker);
         let (mut br, mut bw) = broker.into_split();
-        bw.write_all(&buf[..f.len]).await?;
-        buf.advance(f.len);
-
-        let mut bbuf = BytesMut::with_capacity(READ_BUF);
+        bw.write_all(connect).await?;
+        let mut buf = BytesMut::with_capacity(READ_BUF);
         let af = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            read_frame(&mut br, &mut bbuf, p::MAX_REMAINING),
+            read_frame(&mut br, &mut buf, p::MAX_REMAINING),
         )
         .await
         .map_err(|_| SessionError::ConnectTimeout)??;
-        if af.kind != p::CONNACK {
+        if af.kind != p::CONNACK || af.header != 2 {
             return Err(SessionError::Protocol(
                 "the internal broker did not answer with CONNACK",
             ));
         }
-        let accepted = bbuf.get(af.header + 1) == Some(&0);
-        match server_keep_alive {
-            Some(k) if accepted => {
-                cw.write_all(&p::connack_with_keepalive(&bbuf[..af.len], &af, k)?)
-                    .await?
-            }
-            _ => cw.write_all(&bbuf[..af.len]).await?,
+        let connack = buf[..af.len].to_vec();
+        buf.advance(af.len);
+        Ok(Link {
+            br,
+            bw,
+            fd,
+            buf,
+            connack,
+        })
+    }
+
+    /// What an offline session keeps: the connection to rumqttd and the client's state;
+    /// QoS 1 messages the client had not acknowledged go first into its queue (the front
+    /// acknowledges them to rumqttd now).
+    async fn keep(&self, s: &Session, mut link: Link, up: UpState, down: DownState) -> Kept {
+        let mut queue = OfflineQueue::new(self.policy.max_queued, self.policy.message_expiry);
+        let in_flight = s
+            .in_flight
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
+            .unwrap_or_default();
+        let mut acks = Vec::with_capacity(in_flight.len() * 4);
+        for (pkid, _) in &in_flight {
+            acks.extend_from_slice(&p::ack(p::PUBACK, *pkid));
         }
-        bbuf.advance(af.len);
-        if !accepted {
+        if !acks.is_empty() {
+            let _ = link.bw.write_all(&acks).await;
+        }
+        queue.push_in_flight(in_flight.into_iter().map(|(_, q)| q).collect());
+        Kept {
+            level: s.level,
+            username: s.username.clone(),
+            all_readable: s.all_readable.load(Ordering::Relaxed),
+            link,
+            up,
+            down,
+            queue,
+        }
+    }
+
+    /// Send an offline session's queue to its client, which has just come back.
+    async fn flush<W: AsyncWrite + Unpin>(
+        &self,
+        s: &Session,
+        cw: &mut W,
+        queue: &mut OfflineQueue,
+    ) -> Result<(), SessionError> {
+        let messages = queue.drain();
+        if queue.dropped > 0 || queue.expired > 0 {
+            log::warn!(
+                "broker: client {:?} was offline: {} queued message(s) dropped over max_queued_messages ({}), {} older than message_expiry dropped",
+                s.client_id,
+                queue.dropped,
+                self.policy.max_queued,
+                queue.expired
+            );
+        }
+        if messages.is_empty() {
             return Ok(());
         }
-        log::debug!(
-            "broker: client {:?} connected from {peer} (MQTT {})",
-            session.client_id,
-            if level == 5 { "5" } else { "3.1.1" }
-        );
-
-        let (to_client, to_client_rx) = mpsc::channel(INJECT_QUEUE);
-        let (to_broker, to_broker_rx) = mpsc::channel(INJECT_QUEUE);
-        let up = self.client_to_broker(&session, cr, bw, buf, to_broker_rx, to_client);
-        let down =
-            self.broker_to_client(&session, br, broker_fd, cw, bbuf, to_client_rx, to_broker);
-        tokio::select! {
-            r = up => r,
-            r = down => r,
+        let mut out = Vec::new();
+        if let Ok(mut ids) = s.injected.lock() {
+            for m in &messages {
+                let mut qos = m.qos.min(1);
+                let pkid = if qos > 0 {
+                    ids.take().unwrap_or_else(|| {
+                        qos = 0;
+                        0
+                    })
+                } else {
+                    0
+                };
+                let start = out.len();
+                out.extend_from_slice(&p::publish(
+                    s.level,
+                    &m.topic,
+                    qos,
+                    pkid,
+                    false,
+                    &m.properties,
+                    None,
+                    &m.payload,
+                ));
+                if m.dup && qos > 0 {
+                    out[start] |= 0x08;
+                }
+            }
         }
+        log::debug!(
+            "broker: client {:?} is back: {} queued message(s) sent",
+            s.client_id,
+            messages.len()
+        );
+        cw.write_all(&out).await?;
+        cw.flush().await?;
+        Ok(())
+    }
+
+    /// Publish a client's will, as rumqttd would have (the ACL still applies).
+    async fn send_will(&self, s: &Session, bw: &mut OwnedWriteHalf, w: &OwnedWill) {
+        if let Some(acl) = &self.policy.acl {
+            if !acl.allows(s.client(), &w.topic, Access::Write) {
+                log::debug!(
+                    "broker: ACL: client {:?} may not publish its will on {:?}",
+                    s.client_id,
+                    w.topic
+                );
+                return;
+            }
+        }
+        let properties = if s.level == 5 {
+            p::without_properties(&w.properties, &[p::WILL_DELAY]).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if w.retain {
+            self.policy.retained.set(
+                &w.topic,
+                Retained {
+                    qos: w.qos.min(1),
+                    properties: properties.clone().into(),
+                    payload: bytes::Bytes::copy_from_slice(&w.payload),
+                },
+            );
+        }
+        let pkt = p::publish(
+            s.level,
+            &w.topic,
+            w.qos.min(1),
+            WILL_PKID,
+            false,
+            &properties,
+            None,
+            &w.payload,
+        );
+        let _ = bw.write_all(&pkt).await;
+    }
+
+    /// An offline session: keep rumqttd's connection alive, acknowledge and queue what it
+    /// delivers, until the client id connects again, the session expires (MQTT 5), or
+    /// rumqttd closes the connection.
+    async fn offline(
+        self: Arc<Self>,
+        client_id: String,
+        generation: u64,
+        mut kept: Kept,
+        mut claim: oneshot::Receiver<oneshot::Sender<Kept>>,
+        expiry: Option<Duration>,
+    ) {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        let _parked = Slot(&self.parked);
+        let ends = expiry.map(|d| tokio::time::Instant::now() + d);
+        let ping = tokio::time::sleep(BROKER_PING_EVERY);
+        tokio::pin!(ping);
+        loop {
+            if let Err(e) = self.queue_deliveries(&client_id, &mut kept).await {
+                log::debug!("broker: offline session of {client_id:?}: {e}");
+                break;
+            }
+            tokio::select! {
+                n = kept.link.br.read_buf(&mut kept.link.buf) => {
+                    if !matches!(n, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                reply = &mut claim => {
+                    if let Ok(reply) = reply {
+                        let _ = reply.send(kept);
+                    }
+                    return;
+                }
+                _ = &mut ping => {
+                    if kept.link.bw.write_all(&p::PINGREQ_PACKET).await.is_err() {
+                        break;
+                    }
+                    ping.as_mut().reset(tokio::time::Instant::now() + BROKER_PING_EVERY);
+                }
+                _ = async { match ends { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    log::debug!("broker: the session of client {client_id:?} expired");
+                    kept.end().await;
+                    break;
+                }
+            }
+        }
+        self.sessions.release(&client_id, generation);
+    }
+
+    /// Acknowledge and queue every whole packet rumqttd sent an offline session.
+    async fn queue_deliveries(&self, client_id: &str, kept: &mut Kept) -> Result<(), SessionError> {
+        let mut acks = Vec::new();
+        loop {
+            let f = match p::frame(&kept.link.buf, p::MAX_REMAINING + 5)? {
+                Framing::Packet(f) => f,
+                Framing::Partial(n) => {
+                    reserve(&mut kept.link.buf, n);
+                    break;
+                }
+            };
+            let pkt = &kept.link.buf[..f.len];
+            match f.kind {
+                p::PUBLISH => {
+                    let publish = p::parse_publish(pkt, &f, kept.level)?;
+                    match publish.qos {
+                        1 => acks.extend_from_slice(&p::ack(p::PUBACK, publish.pkid)),
+                        2 => acks.extend_from_slice(&p::ack(p::PUBREC, publish.pkid)),
+                        // QoS 0 is not queued for an offline client (as mosquitto).
+                        _ => {
+                            kept.link.buf.advance(f.len);
+                            continue;
+                        }
+                    }
+                    let topic = kept
+                        .down
+                        .aliases
+                        .resolve(publish.topic, publish.topic_alias)
+                        .to_string();
+                    let readable = match &self.policy.acl {
+                        Some(acl) if !kept.all_readable => {
+                            let client = Client {
+                                username: kept.username.as_deref(),
+                                client_id,
+                            };
+                            kept.down
+                                .decisions
+                                .allows(acl, client, &topic, Access::Read)
+                        }
+                        _ => true,
+                    };
+                    if readable {
+                        let properties = if kept.level == 5 {
+                            p::without_properties(publish.properties, &[p::TOPIC_ALIAS])?
+                        } else {
+                            Vec::new()
+                        };
+                        kept.queue.push(Queued {
+                            at: Instant::now(),
+                            qos: publish.qos,
+                            topic: topic.into(),
+                            properties: properties.into(),
+                            payload: bytes::Bytes::copy_from_slice(publish.payload),
+                            dup: false,
+                        });
+                    }
+                }
+                p::PUBREL => {
+                    if let Some(id) = p::ack_pkid(pkt, &f) {
+                        acks.extend_from_slice(&p::ack(p::PUBCOMP, id));
+                    }
+                }
+                _ => {}
+            }
+            kept.link.buf.advance(f.len);
+        }
+        if !acks.is_empty() {
+            kept.link.bw.write_all(&acks).await?;
+        }
+        Ok(())
     }
 
     async fn authorized(
@@ -483,17 +958,18 @@ impl Front {
         &self,
         s: &Session,
         mut cr: R,
-        mut bw: W,
+        bw: &mut W,
         mut buf: BytesMut,
+        st: &mut UpState,
         mut inject: mpsc::Receiver<Vec<u8>>,
         to_client: mpsc::Sender<Vec<u8>>,
-    ) -> Result<(), SessionError>
+        mut claim: Option<&mut oneshot::Receiver<oneshot::Sender<Kept>>>,
+    ) -> Result<UpEnd, SessionError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let limit = self.packet_limit();
-        let mut st = UpState::default();
         let enforced = s.keep_alive > 0;
         let idle = if enforced {
             Duration::from_millis(u64::from(s.keep_alive) * 1500)
@@ -509,9 +985,18 @@ impl Front {
             let need = loop {
                 match p::frame(&buf[pos..], limit)? {
                     Framing::Partial(n) => break n,
+                    Framing::Packet(f) if f.kind == p::DISCONNECT => {
+                        bw.write_all(&buf[start..pos]).await?;
+                        // MQTT 5 reason 0x04: "disconnect with will message".
+                        let with_will = s.level == 5 && buf.get(pos + f.header) == Some(&0x04);
+                        if s.in_flight.is_none() {
+                            bw.write_all(&buf[pos..pos + f.len]).await?;
+                        }
+                        return Ok(UpEnd::Disconnect { with_will });
+                    }
                     Framing::Packet(f) => {
                         let end = pos + f.len;
-                        match self.up_packet(s, &mut st, &buf[pos..end], &f, &to_client)? {
+                        match self.up_packet(s, st, &buf[pos..end], &f, &to_client)? {
                             Verdict::Forward => {}
                             Verdict::Drop => {
                                 bw.write_all(&buf[start..pos]).await?;
@@ -535,10 +1020,16 @@ impl Front {
             tokio::select! {
                 n = cr.read_buf(&mut buf) => {
                     if n? == 0 {
-                        return Ok(());
+                        return Ok(UpEnd::Closed);
                     }
                     timer.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
+                Ok(reply) = async {
+                    match claim.as_deref_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                } => return Ok(UpEnd::Claimed(reply)),
                 Some(pkt) = inject.recv() => bw.write_all(&pkt).await?,
                 _ = &mut timer => {
                     if enforced {
@@ -612,7 +1103,13 @@ impl Front {
                     }
                     Ok(Verdict::Drop)
                 }
-                _ => Ok(Verdict::Forward),
+                Some(id) => {
+                    if let Some(Ok(mut v)) = s.in_flight.as_ref().map(Mutex::lock) {
+                        v.retain(|(pkid, _)| *pkid != id);
+                    }
+                    Ok(Verdict::Forward)
+                }
+                None => Ok(Verdict::Forward),
             },
             p::PUBREL => match p::ack_pkid(pkt, f) {
                 Some(id) if st.dropped_qos2.remove(&id) => {
@@ -809,10 +1306,11 @@ impl Front {
     async fn broker_to_client<R, W>(
         &self,
         s: &Session,
-        mut br: R,
+        br: &mut R,
         broker_fd: std::os::fd::RawFd,
         cw: &mut W,
-        mut buf: BytesMut,
+        buf: &mut BytesMut,
+        st: &mut DownState,
         mut inject: mpsc::Receiver<Vec<u8>>,
         to_broker: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError>
@@ -820,7 +1318,6 @@ impl Front {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut st = DownState::default();
         loop {
             let mut start = 0;
             let mut pos = 0;
@@ -829,7 +1326,7 @@ impl Front {
                     Framing::Partial(n) => break n,
                     Framing::Packet(f) => {
                         let end = pos + f.len;
-                        match self.down_packet(s, &mut st, &buf[pos..end], &f, &to_broker)? {
+                        match self.down_packet(s, st, &buf[pos..end], &f, &to_broker)? {
                             Verdict::Forward => {}
                             Verdict::Drop => {
                                 cw.write_all(&buf[start..pos]).await?;
@@ -850,10 +1347,11 @@ impl Front {
             }
             cw.flush().await?;
             buf.advance(pos);
-            reserve(&mut buf, need);
+            reserve(buf, need);
             tokio::select! {
-                n = br.read_buf(&mut buf) => {
-                    if n? == 0 {
+                n = br.read_buf(buf) => {
+                    // rumqttd closed the connection (or it broke): the session is over.
+                    if !matches!(n, Ok(n) if n > 0) {
                         return Ok(());
                     }
                     quick_ack(broker_fd);
@@ -876,26 +1374,52 @@ impl Front {
     ) -> Result<Verdict, SessionError> {
         match f.kind {
             p::PUBLISH => {
-                let Some(acl) = &self.policy.acl else {
-                    return Ok(Verdict::Forward);
-                };
-                if s.all_readable.load(Ordering::Relaxed) {
+                let track = s.in_flight.is_some() && (f.flags >> 1) & 0x03 == 1;
+                let check = self
+                    .policy
+                    .acl
+                    .as_ref()
+                    .filter(|_| !s.all_readable.load(Ordering::Relaxed));
+                if !track && check.is_none() {
                     return Ok(Verdict::Forward);
                 }
                 let publish = p::parse_publish(pkt, f, s.level)?;
                 let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
-                if st.decisions.allows(acl, s.client(), topic, Access::Read) {
-                    return Ok(Verdict::Forward);
-                }
-                match publish.qos {
-                    1 => send(to_broker, p::ack(p::PUBACK, publish.pkid).to_vec())?,
-                    2 => {
-                        st.dropped_qos2.insert(publish.pkid);
-                        send(to_broker, p::ack(p::PUBREC, publish.pkid).to_vec())?;
+                if let Some(acl) = check {
+                    if !st.decisions.allows(acl, s.client(), topic, Access::Read) {
+                        match publish.qos {
+                            1 => send(to_broker, p::ack(p::PUBACK, publish.pkid).to_vec())?,
+                            2 => {
+                                st.dropped_qos2.insert(publish.pkid);
+                                send(to_broker, p::ack(p::PUBREC, publish.pkid).to_vec())?;
+                            }
+                            _ => {}
+                        }
+                        return Ok(Verdict::Drop);
                     }
-                    _ => {}
                 }
-                Ok(Verdict::Drop)
+                if let Some(Ok(mut v)) = track
+                    .then(|| s.in_flight.as_ref().map(Mutex::lock))
+                    .flatten()
+                {
+                    let properties = if s.level == 5 {
+                        p::without_properties(publish.properties, &[p::TOPIC_ALIAS])?
+                    } else {
+                        Vec::new()
+                    };
+                    v.push((
+                        publish.pkid,
+                        Queued {
+                            at: Instant::now(),
+                            qos: 1,
+                            topic: topic.into(),
+                            properties: properties.into(),
+                            payload: bytes::Bytes::copy_from_slice(publish.payload),
+                            dup: true,
+                        },
+                    ));
+                }
+                Ok(Verdict::Forward)
             }
             p::PUBREL => match p::ack_pkid(pkt, f) {
                 Some(id) if st.dropped_qos2.remove(&id) => {

@@ -17,6 +17,7 @@ pub const SUBACK: u8 = 9;
 pub const UNSUBSCRIBE: u8 = 10;
 pub const PINGREQ: u8 = 12;
 pub const PINGRESP: u8 = 13;
+pub const DISCONNECT: u8 = 14;
 
 /// The largest remaining length MQTT can encode (4 bytes of 7 bits).
 pub const MAX_REMAINING: usize = 268_435_455;
@@ -226,6 +227,8 @@ fn walk_properties(
 
 /// v5 property id: topic alias.
 pub const TOPIC_ALIAS: u8 = 0x23;
+/// v5 property id: will delay interval (a will property only).
+pub const WILL_DELAY: u8 = 0x18;
 /// v5 property id: subscription identifier.
 pub const SUBSCRIPTION_ID: u8 = 0x0b;
 
@@ -262,6 +265,59 @@ pub struct Connect<'a> {
     pub client_id: &'a str,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
+    /// 3.1.1 clean session / MQTT 5 clean start.
+    pub clean: bool,
+    /// MQTT 5 session expiry interval (s; 0 when absent).
+    pub session_expiry: u32,
+    /// MQTT 5 CONNECT properties.
+    pub properties: &'a [u8],
+    pub will: Option<Will<'a>>,
+}
+
+/// A CONNECT's last will.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will<'a> {
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 will properties.
+    pub properties: &'a [u8],
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// v5 property id: session expiry interval.
+const SESSION_EXPIRY: u8 = 0x11;
+
+/// The CONNECT the front sends rumqttd for a session the front keeps itself: clean
+/// (rumqttd keeps nothing when the connection ends), no will (the front sends it), and
+/// `keep_alive`.
+pub fn connect_for_broker(c: &Connect<'_>, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', c.level];
+    let mut flags = 0x02;
+    if c.username.is_some() {
+        flags |= 0x80;
+    }
+    if c.password.is_some() {
+        flags |= 0x40;
+    }
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    if c.level == 5 {
+        put_varint(&mut body, c.properties.len());
+        body.extend_from_slice(c.properties);
+    }
+    let mut put = |b: &[u8]| {
+        body.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        body.extend_from_slice(b);
+    };
+    put(c.client_id.as_bytes());
+    if let Some(u) = c.username {
+        put(u.as_bytes());
+    }
+    if let Some(pw) = c.password {
+        put(pw);
+    }
+    packet(CONNECT << 4, &body)
 }
 
 /// Parse a whole CONNECT packet (fixed header included). Only the protocol name and
@@ -279,6 +335,10 @@ pub fn parse_connect<'a>(pkt: &'a [u8], f: &Frame) -> Result<Connect<'a>, Packet
                 client_id: "",
                 username: None,
                 password: None,
+                clean: true,
+                session_expiry: 0,
+                properties: &[],
+                will: None,
             });
         }
         return Err(r.err());
@@ -289,17 +349,37 @@ pub fn parse_connect<'a>(pkt: &'a [u8], f: &Frame) -> Result<Connect<'a>, Packet
     }
     let keep_alive_at = f.header + r.pos;
     let keep_alive = r.u16()?;
+    let mut properties = &[][..];
+    let mut session_expiry = 0;
     if level == 5 {
-        r.properties()?;
+        properties = r.properties()?;
+        walk_properties(properties, "CONNECT", |id, _, span| {
+            if id == SESSION_EXPIRY {
+                if let Some(b) = properties.get(span.start + 1..span.end) {
+                    session_expiry = b.iter().fold(0u32, |n, &x| (n << 8) | u32::from(x));
+                }
+            }
+        })?;
     }
     let client_id = r.string()?;
-    if flags & 0x04 != 0 {
-        if level == 5 {
-            r.properties()?;
+    let will = if flags & 0x04 != 0 {
+        let properties = if level == 5 { r.properties()? } else { &[] };
+        let topic = r.string()?;
+        let payload = r.binary()?;
+        let qos = (flags >> 3) & 0x03;
+        if qos == 3 {
+            return Err(r.err());
         }
-        r.string()?; // will topic
-        r.binary()?; // will payload
-    }
+        Some(Will {
+            qos,
+            retain: flags & 0x20 != 0,
+            properties,
+            topic,
+            payload,
+        })
+    } else {
+        None
+    };
     let username = if flags & 0x80 != 0 {
         Some(r.string()?)
     } else {
@@ -317,6 +397,10 @@ pub fn parse_connect<'a>(pkt: &'a [u8], f: &Frame) -> Result<Connect<'a>, Packet
         client_id,
         username,
         password,
+        clean: flags & 0x02 != 0,
+        session_expiry,
+        properties,
+        will,
     })
 }
 
@@ -532,6 +616,15 @@ pub fn ack_pkid(pkt: &[u8], f: &Frame) -> Option<u16> {
 }
 
 pub const PINGREQ_PACKET: [u8; 2] = [0xc0, 0];
+
+/// A DISCONNECT (normal disconnection) of protocol `level`.
+pub fn disconnect(level: u8) -> Vec<u8> {
+    if level == 5 {
+        vec![0xe0, 1, 0]
+    } else {
+        vec![0xe0, 0]
+    }
+}
 
 /// A v5 DISCONNECT with `reason`.
 pub fn disconnect_v5(reason: u8) -> [u8; 3] {

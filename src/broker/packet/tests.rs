@@ -71,6 +71,51 @@ fn connect_fields_both_levels() {
     let pkt = connect(4, 0, "", None, None);
     let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
     assert_eq!((c.username, c.password, c.keep_alive), (None, None, 0));
+    assert!(c.clean && c.will.is_none());
+    let pkt = connect(5, 0, "x", None, None);
+    let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
+    assert_eq!(c.session_expiry, 10);
+}
+
+#[test]
+fn connect_will_and_the_brokers_copy_without_it() {
+    // v5, persistent (clean start 0), will QoS 1 retained, will property (delay 0),
+    // topic "w", payload "bye", username "u".
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        5,
+        0x80 | 0x20 | 0x08 | 0x04,
+        0,
+        30,
+    ];
+    body.extend_from_slice(&[5, 0x11, 0xff, 0xff, 0xff, 0xff]);
+    body.extend_from_slice(&[0, 2, b'i', b'd']);
+    body.extend_from_slice(&[5, 0x18, 0, 0, 0, 0]);
+    body.extend_from_slice(&[0, 1, b'w', 0, 3, b'b', b'y', b'e']);
+    body.extend_from_slice(&[0, 1, b'u']);
+    let pkt = packet(0x10, &body);
+    let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
+    assert!(!c.clean);
+    assert_eq!(c.session_expiry, u32::MAX);
+    let will = c.will.clone().expect("will");
+    assert_eq!((will.qos, will.retain, will.topic), (1, true, "w"));
+    assert_eq!(
+        (will.payload, will.properties),
+        (&b"bye"[..], &[0x18, 0, 0, 0, 0][..])
+    );
+    let copy = connect_for_broker(&c, 600);
+    let b = parse_connect(&copy, &whole(&copy)).expect("copy");
+    assert!(b.clean && b.will.is_none());
+    assert_eq!(
+        (b.keep_alive, b.client_id, b.username),
+        (600, "id", Some("u"))
+    );
+    assert_eq!(b.session_expiry, u32::MAX);
 }
 
 #[test]
@@ -167,6 +212,10 @@ proptest! {
         prop_assert_eq!(c.client_id, id.as_str());
         prop_assert_eq!(c.username, user.as_deref());
         prop_assert_eq!(c.password, pass.as_deref());
+        let copy = connect_for_broker(&c, 7);
+        let b = parse_connect(&copy, &whole(&copy)).expect("the broker's copy");
+        prop_assert_eq!((b.level, b.keep_alive, b.client_id), (level, 7, id.as_str()));
+        prop_assert_eq!((b.username, b.password), (c.username, c.password));
     }
 
     // A stream of packets cut anywhere frames into the same packets.
