@@ -58,6 +58,8 @@ const SEGMENT_COUNT: usize = 2;
 /// subscriber lost messages that 2000 delivers; retained messages are not rumqttd's
 /// business any more: see [`retained`]).
 const MAX_OUTGOING_PACKETS: u64 = 2000;
+/// Packets rumqttd reads from one connection in one go.
+const READ_BATCH: usize = 100;
 /// In-process links count against rumqttd's connection limit.
 const INTERNAL_LINKS: usize = 2;
 /// rumqttd's own connection limit, above the front's (which is the one clients meet):
@@ -191,8 +193,9 @@ fn settings(name: &str, listen: SocketAddr, cfg: &BrokerConfig) -> ServerSetting
             connection_timeout_ms: CONNECT_TIMEOUT_MS,
             max_payload_size: usize::try_from(cfg.max_payload_size + PACKET_SLACK)
                 .unwrap_or(usize::MAX),
-            // rumqttd reads this many packets per batch from one client.
-            max_inflight_count: usize::from(cfg.max_inflight),
+            // rumqttd reads this many packets per batch from one client (its name for
+            // it; `max_inflight` towards a client is the front's, see front::Window).
+            max_inflight_count: READ_BATCH,
             auth: None,
             external_auth: None,
             // Off: a topic nobody subscribes to gets no commit log (retained still kept).
@@ -266,6 +269,7 @@ fn policy(
         max_subscriptions: cfg.max_subscriptions_per_client,
         max_keepalive: u16::try_from(cfg.max_keepalive.as_secs()).unwrap_or(u16::MAX),
         max_payload: usize::try_from(cfg.max_payload_size).unwrap_or(usize::MAX),
+        max_inflight: cfg.max_inflight,
         max_queued: cfg.max_queued_messages,
         message_expiry: cfg.message_expiry,
         retained,

@@ -530,3 +530,41 @@ async fn a_qos1_hash_subscriber_gets_all_300_retained_messages_then_live_ones() 
     .expect("paho");
     assert_eq!(paho_topics(&lines), ["r/6"]);
 }
+
+/// `max_inflight`: a client that acknowledges nothing gets that many QoS 1 messages
+/// and no more; one that acknowledges gets them all, through the same small window.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_inflight_holds_deliveries_until_the_client_acknowledges() {
+    let s = Setup::new("max_inflight = 3\n");
+    let _d = s.start();
+    let a = s.addr();
+    let publisher = Sub::connect_only(s.addr(), "pub").await;
+    let run = |ack: bool| {
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["--sub", "w/#", "--qos", "1", "--wait", "3"];
+            if !ack {
+                args.push("--no-ack");
+            }
+            paho(a, &args)
+        })
+    };
+    for ack in [false, true] {
+        let client = run(ack);
+        // Its SUBACK is in well before this.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        for i in 0..10 {
+            publisher
+                .client
+                .publish(format!("w/{i}"), rumqttc::QoS::AtLeastOnce, false, "x")
+                .await
+                .expect("publish");
+        }
+        let lines = client.await.expect("paho");
+        let got = paho_topics(&lines);
+        if ack {
+            assert_eq!(got.len(), 10, "{got:?}");
+        } else {
+            assert_eq!(got, ["w/0", "w/1", "w/2"]);
+        }
+    }
+}

@@ -80,6 +80,9 @@ pub struct Policy {
     pub max_subscriptions: usize,
     pub max_keepalive: u16,
     pub max_payload: usize,
+    /// QoS 1 and 2 deliveries a client may have unacknowledged (rumqttd's own window is
+    /// 100; the front holds deliveries back for a smaller one).
+    pub max_inflight: u16,
     /// Per offline persistent session: messages kept, and for how long (zero: no limit).
     pub max_queued: usize,
     pub message_expiry: Duration,
@@ -220,6 +223,48 @@ struct Session {
     /// A persistent session's QoS 1 deliveries from rumqttd the client has not
     /// acknowledged yet, by rumqttd's packet id (None: not persistent).
     in_flight: Option<Mutex<Vec<(u16, Queued)>>>,
+    /// The delivery window, when it is smaller than rumqttd's (max_inflight, or an MQTT 5
+    /// client's receive maximum).
+    window: Option<Window>,
+}
+
+/// QoS 1 and 2 deliveries to a client not acknowledged yet, against a limit.
+struct Window {
+    limit: u32,
+    out: AtomicU32,
+    acked: tokio::sync::Notify,
+}
+
+impl Window {
+    fn new(limit: u32) -> Window {
+        Window {
+            limit,
+            out: AtomicU32::new(0),
+            acked: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A place for one more delivery, if there is one.
+    fn take(&self) -> bool {
+        self.out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Deliveries the front makes itself (retained, an offline queue): counted, sent
+    /// at once.
+    fn add(&self, n: u32) {
+        self.out.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn release(&self) {
+        let _ = self
+            .out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.acked.notify_one();
+    }
 }
 
 /// A SUBSCRIBE waiting for rumqttd's SUBACK.
@@ -461,6 +506,10 @@ impl Front {
             pending: Mutex::new(HashMap::new()),
             injected: Mutex::default(),
             in_flight: None,
+            window: {
+                let limit = self.policy.max_inflight.min(c.receive_maximum).max(1);
+                (limit < BROKER_MAX_PKID).then(|| Window::new(u32::from(limit)))
+            },
         };
         let password = c.password.map(<[u8]>::to_vec);
         let (keep_alive, keep_alive_at) = (c.keep_alive, c.keep_alive_at);
@@ -755,6 +804,9 @@ impl Front {
                 ));
                 if m.dup && qos > 0 {
                     out[start] |= 0x08;
+                }
+                if let (Some(w), true) = (&s.window, qos > 0) {
+                    w.add(1);
                 }
             }
         }
@@ -1096,21 +1148,29 @@ impl Front {
                 pkt[0] &= !0x01;
                 Ok(Verdict::Replace(pkt))
             }
-            p::PUBACK => match p::ack_pkid(pkt, f) {
-                Some(id) if id > BROKER_MAX_PKID => {
-                    if let Ok(mut ids) = s.injected.lock() {
-                        ids.in_use.remove(&id);
-                    }
-                    Ok(Verdict::Drop)
+            p::PUBACK | p::PUBCOMP => {
+                if let Some(w) = &s.window {
+                    w.release();
                 }
-                Some(id) => {
-                    if let Some(Ok(mut v)) = s.in_flight.as_ref().map(Mutex::lock) {
-                        v.retain(|(pkid, _)| *pkid != id);
-                    }
-                    Ok(Verdict::Forward)
+                if f.kind == p::PUBCOMP {
+                    return Ok(Verdict::Forward);
                 }
-                None => Ok(Verdict::Forward),
-            },
+                match p::ack_pkid(pkt, f) {
+                    Some(id) if id > BROKER_MAX_PKID => {
+                        if let Ok(mut ids) = s.injected.lock() {
+                            ids.in_use.remove(&id);
+                        }
+                        Ok(Verdict::Drop)
+                    }
+                    Some(id) => {
+                        if let Some(Ok(mut v)) = s.in_flight.as_ref().map(Mutex::lock) {
+                            v.retain(|(pkid, _)| *pkid != id);
+                        }
+                        Ok(Verdict::Forward)
+                    }
+                    None => Ok(Verdict::Forward),
+                }
+            }
             p::PUBREL => match p::ack_pkid(pkt, f) {
                 Some(id) if st.dropped_qos2.remove(&id) => {
                     send(to_client, p::ack(p::PUBCOMP, id).to_vec())?;
@@ -1273,6 +1333,7 @@ impl Front {
         let Ok(mut ids) = s.injected.lock() else {
             return;
         };
+        let mut counted = 0;
         for (topic, m) in found {
             if let Some(acl) = check {
                 if !st.decisions.allows(acl, s.client(), &topic, Access::Read) {
@@ -1288,6 +1349,7 @@ impl Front {
             } else {
                 0
             };
+            counted += u32::from(qos > 0);
             out.extend_from_slice(&p::publish(
                 s.level,
                 &topic,
@@ -1298,6 +1360,9 @@ impl Front {
                 subscription_id,
                 &m.payload,
             ));
+        }
+        if let Some(w) = &s.window {
+            w.add(counted);
         }
     }
 
@@ -1321,14 +1386,25 @@ impl Front {
         loop {
             let mut start = 0;
             let mut pos = 0;
+            // A delivery waits for the client's window (when it is a small one).
+            let mut blocked = false;
             let need = loop {
                 match p::frame(&buf[pos..], p::MAX_REMAINING + 5)? {
                     Framing::Partial(n) => break n,
                     Framing::Packet(f) => {
+                        let counted = f.kind == p::PUBLISH && (f.flags >> 1) & 0x03 > 0;
+                        let counted = counted.then_some(s.window.as_ref()).flatten();
+                        if counted.is_some_and(|w| !w.take()) {
+                            blocked = true;
+                            break None;
+                        }
                         let end = pos + f.len;
                         match self.down_packet(s, st, &buf[pos..end], &f, &to_broker)? {
                             Verdict::Forward => {}
                             Verdict::Drop => {
+                                if let Some(w) = counted {
+                                    w.release();
+                                }
                                 cw.write_all(&buf[start..pos]).await?;
                                 start = end;
                             }
@@ -1348,14 +1424,21 @@ impl Front {
             cw.flush().await?;
             buf.advance(pos);
             reserve(buf, need);
+            let acked = async {
+                match &s.window {
+                    Some(w) if blocked => w.acked.notified().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                n = br.read_buf(buf) => {
+                n = br.read_buf(buf), if !blocked => {
                     // rumqttd closed the connection (or it broke): the session is over.
                     if !matches!(n, Ok(n) if n > 0) {
                         return Ok(());
                     }
                     quick_ack(broker_fd);
                 }
+                () = acked => {}
                 Some(pkt) = inject.recv() => {
                     cw.write_all(&pkt).await?;
                     cw.flush().await?;

@@ -269,6 +269,9 @@ pub struct Connect<'a> {
     pub clean: bool,
     /// MQTT 5 session expiry interval (s; 0 when absent).
     pub session_expiry: u32,
+    /// MQTT 5 receive maximum: QoS 1 and 2 deliveries the client takes unacknowledged
+    /// (65 535 when absent).
+    pub receive_maximum: u16,
     /// MQTT 5 CONNECT properties.
     pub properties: &'a [u8],
     pub will: Option<Will<'a>>,
@@ -287,6 +290,8 @@ pub struct Will<'a> {
 
 /// v5 property id: session expiry interval.
 const SESSION_EXPIRY: u8 = 0x11;
+/// v5 property id: receive maximum.
+const RECEIVE_MAXIMUM: u8 = 0x21;
 
 /// The CONNECT the front sends rumqttd for a session the front keeps itself: clean
 /// (rumqttd keeps nothing when the connection ends), no will (the front sends it), and
@@ -337,6 +342,7 @@ pub fn parse_connect<'a>(pkt: &'a [u8], f: &Frame) -> Result<Connect<'a>, Packet
                 password: None,
                 clean: true,
                 session_expiry: 0,
+                receive_maximum: u16::MAX,
                 properties: &[],
                 will: None,
             });
@@ -351,9 +357,13 @@ pub fn parse_connect<'a>(pkt: &'a [u8], f: &Frame) -> Result<Connect<'a>, Packet
     let keep_alive = r.u16()?;
     let mut properties = &[][..];
     let mut session_expiry = 0;
+    let mut receive_maximum = u16::MAX;
     if level == 5 {
         properties = r.properties()?;
-        walk_properties(properties, "CONNECT", |id, _, span| {
+        walk_properties(properties, "CONNECT", |id, v, span| {
+            if id == RECEIVE_MAXIMUM {
+                receive_maximum = v.and_then(|v| u16::try_from(v).ok()).unwrap_or(u16::MAX);
+            }
             if id == SESSION_EXPIRY {
                 if let Some(b) = properties.get(span.start + 1..span.end) {
                     session_expiry = b.iter().fold(0u32, |n, &x| (n << 8) | u32::from(x));
@@ -399,6 +409,7 @@ pub fn parse_connect<'a>(pkt: &'a [u8], f: &Frame) -> Result<Connect<'a>, Packet
         password,
         clean: flags & 0x02 != 0,
         session_expiry,
+        receive_maximum,
         properties,
         will,
     })

@@ -74,7 +74,7 @@ fn connect_fields_both_levels() {
     assert!(c.clean && c.will.is_none());
     let pkt = connect(5, 0, "x", None, None);
     let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
-    assert_eq!(c.session_expiry, 10);
+    assert_eq!((c.session_expiry, c.receive_maximum), (10, u16::MAX));
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn connect_will_and_the_brokers_copy_without_it() {
         0,
         30,
     ];
-    body.extend_from_slice(&[5, 0x11, 0xff, 0xff, 0xff, 0xff]);
+    body.extend_from_slice(&[8, 0x11, 0xff, 0xff, 0xff, 0xff, 0x21, 0, 7]);
     body.extend_from_slice(&[0, 2, b'i', b'd']);
     body.extend_from_slice(&[5, 0x18, 0, 0, 0, 0]);
     body.extend_from_slice(&[0, 1, b'w', 0, 3, b'b', b'y', b'e']);
@@ -101,7 +101,7 @@ fn connect_will_and_the_brokers_copy_without_it() {
     let pkt = packet(0x10, &body);
     let c = parse_connect(&pkt, &whole(&pkt)).expect("connect");
     assert!(!c.clean);
-    assert_eq!(c.session_expiry, u32::MAX);
+    assert_eq!((c.session_expiry, c.receive_maximum), (u32::MAX, 7));
     let will = c.will.clone().expect("will");
     assert_eq!((will.qos, will.retain, will.topic), (1, true, "w"));
     assert_eq!(
