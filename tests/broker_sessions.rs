@@ -325,3 +325,62 @@ async fn a_second_connection_takes_the_session_over() {
         "the first was not closed: {first:?}"
     );
 }
+
+/// rumqttd only ever sees ids of the front's own, so the front closes the older of two
+/// connections with one client id; the older one's will goes out (it did not
+/// DISCONNECT), and quick same-id reconnects over MQTT 5 leave the broker working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_client_id_taken_over_closes_the_older_connection() {
+    let s = Setup::new("");
+    let _d = s.start();
+    let a = s.addr();
+    let watcher = Sub::connect(s.addr(), "watcher", "will/#").await;
+    let first = tokio::task::spawn_blocking(move || {
+        paho(
+            a,
+            &[
+                "--v5",
+                "--id",
+                "same",
+                "--wait",
+                "8",
+                "--will",
+                "will/same",
+                "bye",
+            ],
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = tokio::task::spawn_blocking(move || {
+        paho(
+            a,
+            &[
+                "--v5", "--id", "same", "--sub", "x/#", "--pub", "x/1", "one", "--wait", "1",
+            ],
+        )
+    })
+    .await
+    .expect("paho");
+    assert_eq!(session_present(&second), Some(false));
+    assert_eq!(paho_topics(&second), ["x/1"]);
+    let first = first.await.expect("paho");
+    // MQTT 5 DISCONNECT 0x8E: session taken over.
+    assert_eq!(paho_get(&first, "closed"), Some(&json!(142)), "{first:?}");
+    assert!(watcher
+        .wait_for(WAIT, |m| m.topic == "will/same" && m.payload == "bye")
+        .await
+        .is_some());
+
+    // Ids rumqttd itself refuses are fine (mosquitto takes them too).
+    let lines = tokio::task::spawn_blocking(move || paho(a, &["--id", "room/1#+$", "--wait", "0"]))
+        .await
+        .expect("paho");
+    assert_eq!(paho_get(&lines, "connack"), Some(&json!(0)));
+    for _ in 0..20 {
+        let lines =
+            tokio::task::spawn_blocking(move || paho(a, &["--v5", "--id", "again", "--wait", "0"]))
+                .await
+                .expect("paho");
+        assert_eq!(paho_get(&lines, "connack"), Some(&json!(0)));
+    }
+}

@@ -60,6 +60,8 @@ const SUB_FAILED: u8 = 0x80;
 const SUB_NOT_AUTHORIZED_V5: u8 = 0x87;
 /// v5 DISCONNECT reason "packet too large".
 const PACKET_TOO_LARGE: u8 = 0x95;
+/// v5 DISCONNECT reason "session taken over".
+const SESSION_TAKEN_OVER: u8 = 0x8e;
 /// rumqttd 0.20 numbers its QoS 1 deliveries 1..=100 (`MAX_PKID` in router/iobufs.rs);
 /// the front numbers the retained messages it sends itself above that, and the client's
 /// PUBACKs for those stop here.
@@ -122,7 +124,14 @@ struct Link {
 /// A persistent session between connections: everything a returning client resumes.
 struct Kept {
     level: u8,
+    client_id: String,
     username: Option<String>,
+    /// A persistent session (else it is only handed over to be ended).
+    persistent: bool,
+    /// rumqttd holds no will for this connection: the front sends it.
+    owned: bool,
+    /// The will, while nobody sent it.
+    will: Option<OwnedWill>,
     all_readable: bool,
     link: Link,
     up: UpState,
@@ -512,7 +521,7 @@ impl Front {
             },
         };
         let password = c.password.map(<[u8]>::to_vec);
-        let (keep_alive, keep_alive_at) = (c.keep_alive, c.keep_alive_at);
+        let keep_alive = c.keep_alive;
         if !self.authorized(session.username.clone(), password).await {
             let why = format!(
                 "not authorized (client id {:?}, username {:?})",
@@ -542,11 +551,29 @@ impl Front {
             .then(|| Duration::from_secs(c.session_expiry.into()));
         let clean = c.clean;
         let will = c.will.as_ref().map(OwnedWill::from);
-        // A session the front keeps itself goes to rumqttd clean, without the will.
-        let owned_connect = persistent.then(|| p::connect_for_broker(&c, BROKER_KEEPALIVE));
-        if keep_alive == 0 {
-            buf[keep_alive_at..keep_alive_at + 2].copy_from_slice(&BROKER_KEEPALIVE.to_be_bytes());
-        }
+        // rumqttd sees a clean session under an id of the front's, new for each
+        // connection: takeovers and persistent sessions are the front's (rumqttd 0.20's
+        // own takeover can panic its listener for good), and so is the will of a
+        // persistent session.
+        let generation = self.sessions.generation();
+        let internal_id = if client_id.is_empty() {
+            String::new()
+        } else {
+            // rumqttd refuses ids with + $ # / (the front takes any).
+            let name: String = client_id
+                .chars()
+                .map(|ch| if "+$#/".contains(ch) { '_' } else { ch })
+                .collect();
+            format!("{generation}-{name}")
+        };
+        let broker_keep_alive = if persistent || keep_alive == 0 {
+            BROKER_KEEPALIVE
+        } else {
+            keep_alive
+        };
+        let broker_connect =
+            p::connect_for_broker(&c, &internal_id, broker_keep_alive, !persistent);
+        buf.advance(f.len);
 
         // The session this client id left (or still holds on another connection).
         let earlier = if client_id.is_empty() {
@@ -555,9 +582,13 @@ impl Front {
             self.sessions.claim(&client_id).await
         };
         let resumed = match earlier {
-            Some(k) if !clean && k.level == level && k.username == session.username => Some(k),
-            Some(mut k) => {
-                k.end().await;
+            Some(k)
+                if k.persistent && !clean && k.level == level && k.username == session.username =>
+            {
+                Some(k)
+            }
+            Some(k) => {
+                self.finish(k).await;
                 None
             }
             None => None,
@@ -576,12 +607,10 @@ impl Front {
                 (k.link, up_st, down_st, Some(k.queue))
             }
             None => {
-                let first: &[u8] = owned_connect.as_deref().unwrap_or(&buf[..f.len]);
-                let link = self.open(level, first).await?;
+                let link = self.open(level, &broker_connect).await?;
                 (link, UpState::default(), DownState::default(), None)
             }
         };
-        buf.advance(f.len);
         let mut connack = link.connack.clone();
         let accepted = connack.get(CONNACK_CODE_AT) == Some(&0);
         if queue.is_some() {
@@ -614,8 +643,7 @@ impl Front {
             self.flush(&session, cw, &mut queue).await?;
         }
 
-        let generation = self.sessions.generation();
-        let mut claim = persistent.then(|| self.sessions.hold(&client_id, generation));
+        let mut claim = (!client_id.is_empty()).then(|| self.sessions.hold(&client_id, generation));
         let in_flight = persistent.then(|| Mutex::new(Vec::new()));
         let session = Session {
             in_flight,
@@ -654,7 +682,15 @@ impl Front {
             }
             Ok(UpEnd::Claimed(reply)) => {
                 // Another connection with this client id takes the session over.
-                let kept = self.keep(&session, link, up_st, down_st).await;
+                if level == 5 {
+                    let _ = cw.write_all(&p::disconnect_v5(SESSION_TAKEN_OVER)).await;
+                }
+                let kept = Kept {
+                    persistent,
+                    owned,
+                    will,
+                    ..self.keep(&session, link, up_st, down_st).await
+                };
                 let _ = reply.send(kept);
                 return Ok(());
             }
@@ -664,14 +700,16 @@ impl Front {
         };
         if !owned {
             // rumqttd sees the connection end, and sends the will itself.
+            self.sessions.release(&client_id, generation);
             return result;
         }
         if !normal {
             if let Some(w) = &will {
-                self.send_will(&session, &mut link.bw, w).await;
+                self.send_will(level, session.client(), &mut link.bw, w)
+                    .await;
             }
         }
-        match claim {
+        match claim.filter(|_| persistent) {
             Some(claim) if self.parked.load(Ordering::Relaxed) < self.policy.max_connections => {
                 let kept = self.keep(&session, link, up_st, down_st).await;
                 log::debug!("broker: client {client_id:?} is offline; its session is kept");
@@ -689,10 +727,27 @@ impl Front {
                 let _ = link.bw.write_all(&p::disconnect(level)).await;
             }
             None => {
+                self.sessions.release(&client_id, generation);
                 let _ = link.bw.write_all(&p::disconnect(level)).await;
             }
         }
         result
+    }
+
+    /// End a session another connection took over without resuming it: its will goes
+    /// out (rumqttd sends it when it holds it, as the connection closes).
+    async fn finish(&self, mut k: Kept) {
+        if !k.owned {
+            return;
+        }
+        if let Some(w) = k.will.take() {
+            let client = Client {
+                username: k.username.as_deref(),
+                client_id: &k.client_id,
+            };
+            self.send_will(k.level, client, &mut k.link.bw, &w).await;
+        }
+        k.end().await;
     }
 
     /// A new connection to rumqttd, sent `connect`; returns once its CONNACK is in.
@@ -750,7 +805,11 @@ impl Front {
         queue.push_in_flight(in_flight.into_iter().map(|(_, q)| q).collect());
         Kept {
             level: s.level,
+            client_id: s.client_id.clone(),
             username: s.username.clone(),
+            persistent: true,
+            owned: true,
+            will: None,
             all_readable: s.all_readable.load(Ordering::Relaxed),
             link,
             up,
@@ -821,18 +880,24 @@ impl Front {
     }
 
     /// Publish a client's will, as rumqttd would have (the ACL still applies).
-    async fn send_will(&self, s: &Session, bw: &mut OwnedWriteHalf, w: &OwnedWill) {
+    async fn send_will(
+        &self,
+        level: u8,
+        client: Client<'_>,
+        bw: &mut OwnedWriteHalf,
+        w: &OwnedWill,
+    ) {
         if let Some(acl) = &self.policy.acl {
-            if !acl.allows(s.client(), &w.topic, Access::Write) {
+            if !acl.allows(client, &w.topic, Access::Write) {
                 log::debug!(
                     "broker: ACL: client {:?} may not publish its will on {:?}",
-                    s.client_id,
+                    client.client_id,
                     w.topic
                 );
                 return;
             }
         }
-        let properties = if s.level == 5 {
+        let properties = if level == 5 {
             p::without_properties(&w.properties, &[p::WILL_DELAY]).unwrap_or_default()
         } else {
             Vec::new()
@@ -848,7 +913,7 @@ impl Front {
             );
         }
         let pkt = p::publish(
-            s.level,
+            level,
             &w.topic,
             w.qos.min(1),
             WILL_PKID,

@@ -293,10 +293,15 @@ const SESSION_EXPIRY: u8 = 0x11;
 /// v5 property id: receive maximum.
 const RECEIVE_MAXIMUM: u8 = 0x21;
 
-/// The CONNECT the front sends rumqttd for a session the front keeps itself: clean
-/// (rumqttd keeps nothing when the connection ends), no will (the front sends it), and
-/// `keep_alive`.
-pub fn connect_for_broker(c: &Connect<'_>, keep_alive: u16) -> Vec<u8> {
+/// The CONNECT the front sends rumqttd for a client: always a clean session (the front
+/// keeps persistent sessions itself), under `client_id` (the front's own, unique per
+/// connection), with `keep_alive`, and the client's will only when `will` is set.
+pub fn connect_for_broker(
+    c: &Connect<'_>,
+    client_id: &str,
+    keep_alive: u16,
+    will: bool,
+) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', c.level];
     let mut flags = 0x02;
     if c.username.is_some() {
@@ -305,22 +310,34 @@ pub fn connect_for_broker(c: &Connect<'_>, keep_alive: u16) -> Vec<u8> {
     if c.password.is_some() {
         flags |= 0x40;
     }
+    let will = c.will.as_ref().filter(|_| will);
+    if let Some(w) = will {
+        flags |= 0x04 | (w.qos << 3) | if w.retain { 0x20 } else { 0 };
+    }
     body.push(flags);
     body.extend_from_slice(&keep_alive.to_be_bytes());
     if c.level == 5 {
         put_varint(&mut body, c.properties.len());
         body.extend_from_slice(c.properties);
     }
-    let mut put = |b: &[u8]| {
+    fn put(body: &mut Vec<u8>, b: &[u8]) {
         body.extend_from_slice(&(b.len() as u16).to_be_bytes());
         body.extend_from_slice(b);
-    };
-    put(c.client_id.as_bytes());
+    }
+    put(&mut body, client_id.as_bytes());
+    if let Some(w) = will {
+        if c.level == 5 {
+            put_varint(&mut body, w.properties.len());
+            body.extend_from_slice(w.properties);
+        }
+        put(&mut body, w.topic.as_bytes());
+        put(&mut body, w.payload);
+    }
     if let Some(u) = c.username {
-        put(u.as_bytes());
+        put(&mut body, u.as_bytes());
     }
     if let Some(pw) = c.password {
-        put(pw);
+        put(&mut body, pw);
     }
     packet(CONNECT << 4, &body)
 }
