@@ -95,7 +95,7 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         None => None,
     };
     let status_outbox = outbox.clone();
-    let broker = broker::start(&config.broker, &internal).await?;
+    let broker = broker::start(&config.broker, &internal, &state_dir).await?;
     log::info!(
         "broker listening on {}{}{} (MQTT 3.1.1 and 5 on each)",
         config.broker.listen,
@@ -269,6 +269,7 @@ async fn go_offline(
     }
     // The router has it; give the network writers of other clients a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    broker.save_retained().await;
     log::info!("stopped");
     Ok(())
 }

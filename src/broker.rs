@@ -32,6 +32,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ const SEGMENT_COUNT: usize = 2;
 /// subscriber lost messages that 2000 delivers; retained messages are not rumqttd's
 /// business any more: see [`retained`]).
 const MAX_OUTGOING_PACKETS: u64 = 2000;
+/// The retained messages, in the state directory.
+const RETAINED_FILE: &str = "retained.bin";
 /// Packets rumqttd reads from one connection in one go.
 const READ_BATCH: usize = 100;
 /// In-process links count against rumqttd's connection limit.
@@ -137,9 +140,23 @@ pub struct BrokerHandle {
     link_filters: Arc<Vec<String>>,
     /// Where local clients connect (MQTT 3.1.1).
     pub addr: SocketAddr,
+    retained: Arc<RetainedStore>,
+    retained_file: Arc<PathBuf>,
 }
 
 impl BrokerHandle {
+    /// Write the retained messages to the state directory (at a clean stop).
+    pub async fn save_retained(&self) {
+        let (store, path) = (self.retained.clone(), self.retained_file.clone());
+        let saved = tokio::task::spawn_blocking(move || store.save(&path)).await;
+        match saved {
+            Ok(Ok(Some(n))) => log::debug!("{n} retained message(s) saved"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => log::error!("retained messages not saved: {e}"),
+            Err(e) => log::error!("retained messages not saved: {e}"),
+        }
+    }
+
     /// Publish `messages` in order; returns once the broker's router has them.
     pub async fn publish(&self, messages: Vec<Message>) -> Result<(), BrokerError> {
         let (tx, rx) = oneshot::channel();
@@ -284,7 +301,11 @@ fn policy(
 /// to. rumqttd forwards a message once per matching filter of a link and does not say
 /// which, so the link subscribes to a plan in which each topic matches one filter, and
 /// the handle sorts messages to subscribers itself.
-pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHandle, BrokerError> {
+pub async fn start(
+    cfg: &BrokerConfig,
+    internal: &[String],
+    state_dir: &Path,
+) -> Result<BrokerHandle, BrokerError> {
     let listen = cfg.listen_addr().ok_or(BrokerError::Gone)?;
     let listen_v5 = cfg.listen_v5_addr();
     let acceptor = match cfg.listen_tls_addr() {
@@ -298,7 +319,19 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     drop(bind_listeners(cfg).await?);
     let internal_v4 = internal_addr()?;
     let internal_v5 = internal_addr()?;
-    let retained = Arc::new(RetainedStore::default());
+    let retained_file = Arc::new(state_dir.join(RETAINED_FILE));
+    let retained = Arc::new(match RetainedStore::load(&retained_file) {
+        Ok(store) => {
+            if !store.is_empty() {
+                log::info!("{} retained message(s) read back", store.len());
+            }
+            store
+        }
+        Err(e) => {
+            log::error!("retained messages of the last run are lost: {e}");
+            RetainedStore::default()
+        }
+    });
     let front = Arc::new(Front::new(policy(
         cfg,
         internal_v4,
@@ -349,7 +382,10 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     let subscribers: Subscribers = Arc::default();
     std::thread::Builder::new()
         .name("broker-pub".into())
-        .spawn(move || publish_thread(command_rx, pub_tx, sub_tx, retained))?;
+        .spawn({
+            let retained = retained.clone();
+            move || publish_thread(command_rx, pub_tx, sub_tx, retained)
+        })?;
     std::thread::Builder::new()
         .name("broker-drain".into())
         .spawn(move || receive_thread(pub_rx, None))?;
@@ -383,12 +419,24 @@ pub async fn start(cfg: &BrokerConfig, internal: &[String]) -> Result<BrokerHand
     if let Some(a) = listen_v5 {
         wait_ready(client_addr(a), 5, Duration::from_secs(10), false).await?;
     }
-    Ok(BrokerHandle {
+    let handle = BrokerHandle {
         commands,
         subscribers,
         link_filters: Arc::new(link_filters),
         addr,
-    })
+        retained,
+        retained_file,
+    };
+    let saver = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(retained::AUTOSAVE);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            saver.save_retained().await;
+        }
+    });
+    Ok(handle)
 }
 
 /// Owns both `LinkTx`es: every call into the router happens on this thread.

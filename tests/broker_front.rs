@@ -568,3 +568,41 @@ async fn max_inflight_holds_deliveries_until_the_client_acknowledges() {
         }
     }
 }
+
+/// Retained messages outlive a clean restart (saved in the state directory at the
+/// stop, like mosquitto's `persistence true`); a deleted one stays deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_messages_survive_a_clean_restart() {
+    let s = Setup::new("");
+    let mut d = s.start();
+    let publisher = Sub::connect_only(s.addr(), "keeper").await;
+    for (topic, payload) in [("keep/a", "1"), ("keep/b", "2"), ("keep/b", "")] {
+        publisher
+            .client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+    }
+    let probe = Sub::connect(s.addr(), "probe", "keep/#").await;
+    assert!(probe
+        .wait_for(WAIT, |m| m.topic == "keep/a")
+        .await
+        .is_some());
+    // The delete of keep/b went first on the same connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(publisher);
+    drop(probe);
+    assert!(d.stop().success());
+    assert!(s.state_dir().join("retained.bin").exists());
+
+    let _d = s.start();
+    let late = Sub::connect(s.addr(), "late", "keep/#").await;
+    let got = late.wait_for(WAIT, |m| m.topic == "keep/a").await;
+    assert_eq!(got.map(|m| (m.payload, m.retain)), Some(("1".into(), true)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        late.messages().iter().all(|m| m.topic != "keep/b"),
+        "{:?}",
+        late.messages()
+    );
+}
