@@ -109,3 +109,35 @@ fn check_names_the_key_and_file_of_a_missing_certificate() {
     assert!(err.contains("broker.cert_file"), "{err}");
     assert!(err.contains("server.pem"), "{err}");
 }
+
+/// A TLS client over the connect rate still completes its handshake and is told why
+/// it is refused (CONNACK 3), instead of seeing the connection dropped.
+#[test]
+fn a_tls_client_over_the_connect_rate_gets_a_connack() {
+    let (s, pki, tls) = tls_setup(false);
+    let _d = s.start();
+    // Keep 127.0.0.1's tokens used up with connections that go away at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(TcpStream::connect(tls));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let ca = pki.ca.display().to_string();
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let lines = paho(tls, &["--cafile", &ca, "--wait", "0"]);
+        codes.push(paho_get(&lines, "connack").cloned());
+        if codes.last() == Some(&Some(serde_json::json!(3))) {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().expect("hammer");
+    assert_eq!(codes.last(), Some(&Some(serde_json::json!(3))), "{codes:?}");
+    assert!(codes.iter().all(Option::is_some), "a bare close: {codes:?}");
+}

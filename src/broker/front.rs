@@ -364,10 +364,8 @@ impl Front {
                     });
                 }
                 Some(acceptor) => {
-                    if !admitted {
-                        log::debug!("broker: {peer} connects too often; TLS connection closed");
-                        continue;
-                    }
+                    // A client over the connect rate still gets its handshake, so that
+                    // it can be told why (CONNACK "server unavailable" / 0x9F).
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -375,7 +373,7 @@ impl Front {
                         {
                             Ok(Ok(s)) => {
                                 let (r, w) = tokio::io::split(s);
-                                front.client(r, w, peer, true).await;
+                                front.client(r, w, peer, admitted).await;
                             }
                             Ok(Err(e)) => {
                                 log::info!("broker: TLS handshake with {peer} failed: {e}")
