@@ -22,6 +22,7 @@
 //! limits, TLS) and passes the rest through. The daemon's own links bypass the front.
 
 pub mod acl;
+pub mod flow;
 pub mod front;
 pub mod offline;
 pub mod packet;
@@ -43,6 +44,7 @@ use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use tokio::sync::{mpsc, oneshot};
 
 use self::acl::{Acl, AclError};
+use self::flow::{Flow, Routes};
 use self::front::{Front, Policy};
 use self::passwd::{PasswdError, PasswordFile};
 use self::retained::{Retained, RetainedStore};
@@ -265,6 +267,7 @@ fn policy(
     internal_v4: SocketAddr,
     internal_v5: SocketAddr,
     retained: Arc<RetainedStore>,
+    flow: Arc<Flow>,
 ) -> Result<Policy, BrokerError> {
     let passwords = if cfg.password_file.is_empty() {
         None
@@ -290,6 +293,7 @@ fn policy(
         max_queued: cfg.max_queued_messages,
         message_expiry: cfg.message_expiry,
         retained,
+        flow,
         internal_v4,
         internal_v5,
     })
@@ -319,6 +323,8 @@ pub async fn start(
     drop(bind_listeners(cfg).await?);
     let internal_v4 = internal_addr()?;
     let internal_v5 = internal_addr()?;
+    // A QoS 1 subscriber may get half a log behind before publishers wait for it.
+    let flow = Arc::new(Flow::new((SEGMENT_SIZE / 2) as u64));
     let retained_file = Arc::new(state_dir.join(RETAINED_FILE));
     let retained = Arc::new(match RetainedStore::load(&retained_file) {
         Ok(store) => {
@@ -337,6 +343,7 @@ pub async fn start(
         internal_v4,
         internal_v5,
         retained.clone(),
+        flow.clone(),
     )?));
     log::info!("internal broker: MQTT 3.1.1 on {internal_v4}, MQTT 5 on {internal_v5}");
 
@@ -384,7 +391,7 @@ pub async fn start(
         .name("broker-pub".into())
         .spawn({
             let retained = retained.clone();
-            move || publish_thread(command_rx, pub_tx, sub_tx, retained)
+            move || publish_thread(command_rx, pub_tx, sub_tx, retained, flow)
         })?;
     std::thread::Builder::new()
         .name("broker-drain".into())
@@ -445,6 +452,7 @@ fn publish_thread(
     mut pub_tx: LinkTx,
     mut sub_tx: LinkTx,
     retained: Arc<RetainedStore>,
+    flow: Arc<Flow>,
 ) {
     // `LinkTx::send` is an `async fn` that never waits on anything but the router's
     // (blocking) queue, so a current-thread runtime on this thread is all it needs.
@@ -456,6 +464,7 @@ fn publish_thread(
         }
     };
     rt.block_on(async move {
+        let mut routes = Routes::default();
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Publish(messages, ack) => {
@@ -469,6 +478,9 @@ fn publish_thread(
                                     payload: m.payload.clone(),
                                 },
                             );
+                        }
+                        if flow.active() {
+                            flow.route(&mut routes, &m.topic, m.topic.len() + m.payload.len());
                         }
                         let topic = Bytes::from(m.topic.into_bytes());
                         // Without the flag: the front hands out retained messages.

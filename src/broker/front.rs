@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 
 use super::acl::{Access, Acl, Client};
+use super::flow::{Flow, Lag, Routes};
 use super::offline::{OfflineQueue, Queued, Registry};
 use super::packet::{self as p, Frame, Framing, PacketError};
 use super::passwd::PasswordFile;
@@ -66,6 +67,8 @@ const SESSION_TAKEN_OVER: u8 = 0x8e;
 /// the front numbers the retained messages it sends itself above that, and the client's
 /// PUBACKs for those stop here.
 const BROKER_MAX_PKID: u16 = 100;
+/// How often a publisher held back by flow control looks again without being woken.
+const FLOW_RECHECK: Duration = Duration::from_millis(100);
 /// The packet id of a will the front publishes for a client (rumqttd's PUBACK for it
 /// arrives when nobody waits for it).
 const WILL_PKID: u16 = u16::MAX;
@@ -90,6 +93,8 @@ pub struct Policy {
     pub message_expiry: Duration,
     /// Retained messages (shared with the daemon's own publisher).
     pub retained: Arc<RetainedStore>,
+    /// Flow control for QoS 1 subscribers (shared with the daemon's own publisher).
+    pub flow: Arc<Flow>,
     /// rumqttd's internal listeners, by protocol level.
     pub internal_v4: SocketAddr,
     pub internal_v5: SocketAddr,
@@ -137,6 +142,8 @@ struct Kept {
     up: UpState,
     down: DownState,
     queue: OfflineQueue,
+    /// Its place in the flow control (the offline session keeps receiving).
+    joined: Joined,
 }
 
 impl Kept {
@@ -235,6 +242,17 @@ struct Session {
     /// The delivery window, when it is smaller than rumqttd's (max_inflight, or an MQTT 5
     /// client's receive maximum).
     window: Option<Window>,
+    /// This client as a subscriber, for flow control.
+    lag: Arc<Lag>,
+}
+
+/// A subscriber's place in the flow control, given up on drop.
+struct Joined(Arc<Flow>, Arc<Lag>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.0.leave(&self.1);
+    }
 }
 
 /// QoS 1 and 2 deliveries to a client not acknowledged yet, against a limit.
@@ -517,6 +535,7 @@ impl Front {
                 let limit = self.policy.max_inflight.min(c.receive_maximum).max(1);
                 (limit < BROKER_MAX_PKID).then(|| Window::new(u32::from(limit)))
             },
+            lag: Arc::default(),
         };
         let password = c.password.map(<[u8]>::to_vec);
         let keep_alive = c.keep_alive;
@@ -593,7 +612,7 @@ impl Front {
         };
         let owned = persistent || resumed.is_some();
 
-        let (mut link, mut up_st, mut down_st, queue) = match resumed {
+        let (mut link, mut up_st, mut down_st, queue, joined) = match resumed {
             Some(k) => {
                 session
                     .all_readable
@@ -602,11 +621,14 @@ impl Front {
                 up_st.aliases = Aliases::default();
                 let mut down_st = k.down;
                 down_st.aliases = Aliases::default();
-                (k.link, up_st, down_st, Some(k.queue))
+                (k.link, up_st, down_st, Some(k.queue), k.joined)
             }
             None => {
                 let link = self.open(level, &broker_connect).await?;
-                (link, UpState::default(), DownState::default(), None)
+                let flow = self.policy.flow.clone();
+                let lag = flow.join();
+                let joined = Joined(flow, lag);
+                (link, UpState::default(), DownState::default(), None, joined)
             }
         };
         let mut connack = link.connack.clone();
@@ -645,6 +667,7 @@ impl Front {
         let in_flight = persistent.then(|| Mutex::new(Vec::new()));
         let session = Session {
             in_flight,
+            lag: joined.1.clone(),
             ..session
         };
         let (to_client, to_client_rx) = mpsc::channel(INJECT_QUEUE);
@@ -687,7 +710,7 @@ impl Front {
                     persistent,
                     owned,
                     will,
-                    ..self.keep(&session, link, up_st, down_st).await
+                    ..self.keep(&session, link, up_st, down_st, joined).await
                 };
                 let _ = reply.send(kept);
                 return Ok(());
@@ -709,7 +732,7 @@ impl Front {
         }
         match claim.filter(|_| persistent) {
             Some(claim) if self.parked.load(Ordering::Relaxed) < self.policy.max_connections => {
-                let kept = self.keep(&session, link, up_st, down_st).await;
+                let kept = self.keep(&session, link, up_st, down_st, joined).await;
                 log::debug!("broker: client {client_id:?} is offline; its session is kept");
                 tokio::spawn(
                     self.clone()
@@ -786,7 +809,14 @@ impl Front {
     /// What an offline session keeps: the connection to rumqttd and the client's state;
     /// QoS 1 messages the client had not acknowledged go first into its queue (the front
     /// acknowledges them to rumqttd now).
-    async fn keep(&self, s: &Session, mut link: Link, up: UpState, down: DownState) -> Kept {
+    async fn keep(
+        &self,
+        s: &Session,
+        mut link: Link,
+        up: UpState,
+        down: DownState,
+        joined: Joined,
+    ) -> Kept {
         let mut queue = OfflineQueue::new(self.policy.max_queued, self.policy.message_expiry);
         let in_flight = s
             .in_flight
@@ -813,6 +843,7 @@ impl Front {
             up,
             down,
             queue,
+            joined,
         }
     }
 
@@ -987,6 +1018,9 @@ impl Front {
             match f.kind {
                 p::PUBLISH => {
                     let publish = p::parse_publish(pkt, &f, kept.level)?;
+                    if publish.qos > 0 {
+                        self.policy.flow.delivered(&kept.joined.1, 1);
+                    }
                     match publish.qos {
                         1 => acks.extend_from_slice(&p::ack(p::PUBACK, publish.pkid)),
                         2 => acks.extend_from_slice(&p::ack(p::PUBREC, publish.pkid)),
@@ -1093,6 +1127,8 @@ impl Front {
         };
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
+        let flow = &*self.policy.flow;
+        let mut blocked = false;
         loop {
             // Every whole packet in the buffer: forward runs of them in one write.
             let mut start = 0;
@@ -1111,7 +1147,26 @@ impl Front {
                     }
                     Framing::Packet(f) => {
                         let end = pos + f.len;
-                        match self.up_packet(s, st, &buf[pos..end], &f, &to_client)? {
+                        // Flow control: the size of a PUBLISH that may go, None if it
+                        // waits for a subscriber that is behind.
+                        let size = if f.kind == p::PUBLISH && flow.active() {
+                            let publish = p::parse_publish(&buf[pos..end], &f, s.level)?;
+                            let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
+                            if flow.must_wait(&mut st.routes, topic, &s.lag) {
+                                blocked = true;
+                                break None;
+                            }
+                            st.topic.clear();
+                            st.topic.push_str(topic);
+                            Some(topic.len() + publish.payload.len())
+                        } else {
+                            None
+                        };
+                        let verdict = self.up_packet(s, st, &buf[pos..end], &f, &to_client)?;
+                        if let (Some(n), false) = (size, matches!(verdict, Verdict::Drop)) {
+                            flow.route(&mut st.routes, &st.topic, n);
+                        }
+                        match verdict {
                             Verdict::Forward => {}
                             Verdict::Drop => {
                                 bw.write_all(&buf[start..pos]).await?;
@@ -1133,11 +1188,17 @@ impl Front {
             buf.advance(pos);
             reserve(&mut buf, need);
             tokio::select! {
-                n = cr.read_buf(&mut buf) => {
+                n = cr.read_buf(&mut buf), if !blocked => {
                     if n? == 0 {
                         return Ok(UpEnd::Closed);
                     }
                     timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                // Not reading the client meanwhile is the point (TCP slows it down);
+                // its keepalive is not its fault.
+                () = flow.wait(FLOW_RECHECK), if blocked => {
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                    blocked = false;
                 }
                 Ok(reply) = async {
                     match claim.as_deref_mut() {
@@ -1326,6 +1387,7 @@ impl Front {
                 let unsub = p::parse_subscribe(pkt, f, s.level, true)?;
                 for (filter, _) in unsub.filters {
                     st.subscriptions.remove(filter);
+                    self.policy.flow.set_filter(&s.lag, filter, false);
                 }
                 Ok(Verdict::Forward)
             }
@@ -1451,16 +1513,18 @@ impl Front {
             let mut pos = 0;
             // A delivery waits for the client's window (when it is a small one).
             let mut blocked = false;
+            let mut delivered = 0;
             let need = loop {
                 match p::frame(&buf[pos..], p::MAX_REMAINING + 5)? {
                     Framing::Partial(n) => break n,
                     Framing::Packet(f) => {
-                        let counted = f.kind == p::PUBLISH && (f.flags >> 1) & 0x03 > 0;
-                        let counted = counted.then_some(s.window.as_ref()).flatten();
+                        let qos1 = f.kind == p::PUBLISH && (f.flags >> 1) & 0x03 > 0;
+                        let counted = qos1.then_some(s.window.as_ref()).flatten();
                         if counted.is_some_and(|w| !w.take()) {
                             blocked = true;
                             break None;
                         }
+                        delivered += u64::from(qos1);
                         let end = pos + f.len;
                         match self.down_packet(s, st, &buf[pos..end], &f, &to_broker)? {
                             Verdict::Forward => {}
@@ -1485,6 +1549,7 @@ impl Front {
                 cw.write_all(&buf[start..pos]).await?;
             }
             cw.flush().await?;
+            self.policy.flow.delivered(&s.lag, delivered);
             buf.advance(pos);
             reserve(buf, need);
             let acked = async {
@@ -1590,6 +1655,8 @@ impl Front {
                 let mut out = Vec::new();
                 for ((filter, options, existed), &code) in planned.filters.iter().zip(&codes) {
                     if code < SUB_FAILED {
+                        // Counted from now on (rumqttd has the subscription).
+                        self.policy.flow.set_filter(&s.lag, filter, code > 0);
                         self.retained_for(
                             s,
                             st,
@@ -1638,6 +1705,9 @@ struct UpState {
     subscriptions: HashSet<String>,
     /// QoS 2 PUBLISHes the ACL dropped, whose PUBREL the front answers.
     dropped_qos2: HashSet<u16>,
+    /// Flow control: who gets which topic, and the topic of the PUBLISH at hand.
+    routes: Routes,
+    topic: String,
 }
 
 /// What the broker → client direction remembers.
