@@ -24,11 +24,14 @@ fn options(s: &Setup, id: &str) -> MqttOptions {
     o
 }
 
+/// (publisher, sequence number) of each message received.
+type Got = Arc<Mutex<HashSet<(u8, u32)>>>;
+
 /// A QoS 1 subscriber to `flow/#` that takes a millisecond's pause every 10 messages;
 /// returns the set of (publisher, sequence) it got.
-fn slow_subscriber(s: &Setup) -> (AsyncClient, Arc<Mutex<HashSet<(u8, u32)>>>) {
+fn slow_subscriber(s: &Setup) -> (AsyncClient, Got) {
     let (client, mut events) = AsyncClient::new(options(s, "slow"), 64);
-    let got: Arc<Mutex<HashSet<(u8, u32)>>> = Arc::default();
+    let got: Got = Arc::default();
     let g = got.clone();
     tokio::spawn(async move {
         let mut n = 0u64;
@@ -44,7 +47,7 @@ fn slow_subscriber(s: &Setup) -> (AsyncClient, Arc<Mutex<HashSet<(u8, u32)>>>) {
                     g.lock().unwrap().insert((p.payload[0], seq));
                 }
                 n += 1;
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
