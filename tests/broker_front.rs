@@ -606,3 +606,38 @@ async fn retained_messages_survive_a_clean_restart() {
         late.messages()
     );
 }
+
+/// An MQTT 5 client that allows topic aliases gets every message of a wildcard
+/// subscription under its own topic (rumqttd alone would alias them all to the first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_v5_client_allowing_topic_aliases_sees_the_right_topics() {
+    let s = Setup::new("");
+    let _d = s.start();
+    let a = s.addr();
+    let lines = tokio::task::spawn_blocking(move || {
+        paho(
+            a,
+            &[
+                "--v5",
+                "--alias-max",
+                "10",
+                "--sub",
+                "al/#",
+                "--pub",
+                "al/1",
+                "x",
+                "--pub",
+                "al/2",
+                "y",
+                "--pub",
+                "al/3",
+                "z",
+                "--count",
+                "3",
+            ],
+        )
+    })
+    .await
+    .expect("paho");
+    assert_eq!(paho_topics(&lines), ["al/1", "al/2", "al/3"], "{lines:?}");
+}

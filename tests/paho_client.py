@@ -49,6 +49,7 @@ ap.add_argument("--no-ack", action="store_true")
 ap.add_argument("--will", nargs=2)
 ap.add_argument("--will-retain", action="store_true")
 ap.add_argument("--drop", action="store_true")
+ap.add_argument("--alias-max", type=int, default=0, help="v5 topic alias maximum")
 a = ap.parse_args()
 
 state = {"connack": None, "suback": False, "msgs": 0, "closed": False, "pubacks": 0}
@@ -124,9 +125,12 @@ try:
         from paho.mqtt.properties import Properties
 
         props = None
-        if a.persistent:
+        if a.persistent or a.alias_max:
             props = Properties(PacketTypes.CONNECT)
+        if a.persistent:
             props.SessionExpiryInterval = a.expiry
+        if a.alias_max:
+            props.TopicAliasMaximum = a.alias_max
         client.connect(a.host, a.port, a.keepalive, clean_start=not a.persistent, properties=props)
     else:
         client.connect(a.host, a.port, a.keepalive)

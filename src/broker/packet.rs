@@ -290,12 +290,17 @@ pub struct Will<'a> {
 
 /// v5 property id: session expiry interval.
 const SESSION_EXPIRY: u8 = 0x11;
+/// v5 property id: topic alias maximum.
+const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
 /// v5 property id: receive maximum.
 const RECEIVE_MAXIMUM: u8 = 0x21;
 
 /// The CONNECT the front sends rumqttd for a client: always a clean session (the front
 /// keeps persistent sessions itself), under `client_id` (the front's own, unique per
 /// connection), with `keep_alive`, and the client's will only when `will` is set.
+/// An MQTT 5 client's Topic Alias Maximum is not passed on: rumqttd 0.20 gives one
+/// alias to all messages of a subscription filter and leaves their topic out, so a
+/// wildcard subscriber would see every message under the first topic.
 pub fn connect_for_broker(
     c: &Connect<'_>,
     client_id: &str,
@@ -317,8 +322,15 @@ pub fn connect_for_broker(
     body.push(flags);
     body.extend_from_slice(&keep_alive.to_be_bytes());
     if c.level == 5 {
-        put_varint(&mut body, c.properties.len());
-        body.extend_from_slice(c.properties);
+        let mut props = Vec::with_capacity(c.properties.len());
+        // Parsed whole by parse_connect, so the walk cannot fail here.
+        let _ = walk_properties(c.properties, "CONNECT", |id, _, span| {
+            if id != TOPIC_ALIAS_MAXIMUM {
+                props.extend_from_slice(&c.properties[span]);
+            }
+        });
+        put_varint(&mut body, props.len());
+        body.extend_from_slice(&props);
     }
     fn put(body: &mut Vec<u8>, b: &[u8]) {
         body.extend_from_slice(&(b.len() as u16).to_be_bytes());

@@ -93,7 +93,7 @@ fn connect_will_and_the_brokers_copy_without_it() {
         0,
         30,
     ];
-    body.extend_from_slice(&[8, 0x11, 0xff, 0xff, 0xff, 0xff, 0x21, 0, 7]);
+    body.extend_from_slice(&[11, 0x11, 0xff, 0xff, 0xff, 0xff, 0x21, 0, 7, 0x22, 0, 10]);
     body.extend_from_slice(&[0, 2, b'i', b'd']);
     body.extend_from_slice(&[5, 0x18, 0, 0, 0, 0]);
     body.extend_from_slice(&[0, 1, b'w', 0, 3, b'b', b'y', b'e']);
@@ -116,6 +116,8 @@ fn connect_will_and_the_brokers_copy_without_it() {
         (600, "id#1", Some("u"))
     );
     assert_eq!(b.session_expiry, u32::MAX);
+    // Everything but the topic alias maximum.
+    assert_eq!(b.properties, &[0x11, 0xff, 0xff, 0xff, 0xff, 0x21, 0, 7]);
     let copy = connect_for_broker(&c, "id#2", 30, true);
     let b = parse_connect(&copy, &whole(&copy)).expect("copy");
     assert!(b.clean);
