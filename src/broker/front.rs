@@ -3,11 +3,17 @@
 //!
 //! Per client: read the CONNECT (with a timeout), decide (connect rate, max_connections,
 //! password, keepalive), answer a refusal with its CONNACK code (rumqttd would just close
-//! the socket), else open a connection to rumqttd, send it the CONNECT (keepalive 0,
-//! which rumqttd refuses, becomes its largest value and the front pings for the client)
-//! and pipe both ways. Packets are forwarded as the bytes they came in as; the front
-//! parses only SUBSCRIBE / UNSUBSCRIBE (ACL, subscription limit), PUBLISH (ACL, payload
-//! size) and what it must answer for itself.
+//! the socket), else open a connection to rumqttd with a CONNECT of the front's: always
+//! a clean session, under an id of the front's that is new for every connection, with
+//! keepalive 0 made rumqttd's largest (the front pings for the client), and pipe both
+//! ways. Packets are forwarded as the bytes they came in as; the front parses only
+//! SUBSCRIBE / UNSUBSCRIBE (ACL, subscription limit), PUBLISH (ACL, payload size,
+//! retained messages, flow control) and what it must answer for itself.
+//!
+//! What rumqttd 0.20 does not do (or does wrong), the front does: session takeover and
+//! persistent sessions with their offline queue ([`super::offline`]), retained messages
+//! ([`super::retained`]), back-pressure for QoS 1 subscribers ([`super::flow`]), the
+//! delivery window (`max_inflight`, receive maximum) and the wills of kept sessions.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
