@@ -131,7 +131,9 @@ enum Command {
     Subscribe(String),
 }
 
-type Subscribers = Arc<Mutex<Vec<(Vec<String>, mpsc::Sender<Message>)>>>;
+/// In-process subscribers: filters, where their messages go, and whether they must not
+/// lose any (they then slow publishers down instead, see [`flow`]).
+type Subscribers = Arc<Mutex<Vec<(Vec<String>, mpsc::Sender<Message>, bool)>>>;
 
 /// The daemon's way into the broker: cheap to clone.
 #[derive(Clone)]
@@ -142,6 +144,9 @@ pub struct BrokerHandle {
     link_filters: Arc<Vec<String>>,
     /// Where local clients connect (MQTT 3.1.1).
     pub addr: SocketAddr,
+    flow: Arc<Flow>,
+    /// The in-process subscribing link, for flow control.
+    lag: Arc<flow::Lag>,
     retained: Arc<RetainedStore>,
     retained_file: Arc<PathBuf>,
 }
@@ -173,6 +178,28 @@ impl BrokerHandle {
     /// (QoS 0). Every filter must have been named to [`start`]. A subscriber that falls
     /// more than a queue behind loses messages (logged).
     pub fn subscribe(&self, filters: &[String]) -> Result<mpsc::Receiver<Message>, BrokerError> {
+        self.add_subscriber(filters, false)
+    }
+
+    /// Like [`subscribe`](Self::subscribe), for a subscriber that must lose nothing (the
+    /// bridge's uplink): when it falls behind, the broker waits for it and publishers
+    /// are slowed down by the flow control, as for a QoS 1 subscriber.
+    pub fn subscribe_reliable(
+        &self,
+        filters: &[String],
+    ) -> Result<mpsc::Receiver<Message>, BrokerError> {
+        let rx = self.add_subscriber(filters, true)?;
+        for f in filters {
+            self.flow.set_filter(&self.lag, f, true);
+        }
+        Ok(rx)
+    }
+
+    fn add_subscriber(
+        &self,
+        filters: &[String],
+        reliable: bool,
+    ) -> Result<mpsc::Receiver<Message>, BrokerError> {
         if let Some(f) = filters
             .iter()
             .find(|f| !self.link_filters.iter().any(|l| topic::covers(l, f)))
@@ -183,7 +210,7 @@ impl BrokerHandle {
         self.subscribers
             .lock()
             .map_err(|_| BrokerError::Gone)?
-            .push((filters.to_vec(), tx));
+            .push((filters.to_vec(), tx, reliable));
         Ok(rx)
     }
 }
@@ -390,16 +417,18 @@ pub async fn start(
     std::thread::Builder::new()
         .name("broker-pub".into())
         .spawn({
-            let retained = retained.clone();
+            let (retained, flow) = (retained.clone(), flow.clone());
             move || publish_thread(command_rx, pub_tx, sub_tx, retained, flow)
         })?;
     std::thread::Builder::new()
         .name("broker-drain".into())
         .spawn(move || receive_thread(pub_rx, None))?;
     let subs = subscribers.clone();
+    let lag = flow.join();
+    let (f, l) = (flow.clone(), lag.clone());
     std::thread::Builder::new()
         .name("broker-sub".into())
-        .spawn(move || receive_thread(sub_rx, Some(subs)))?;
+        .spawn(move || receive_thread(sub_rx, Some((subs, f, l))))?;
 
     let link_filters = topic::plan(internal);
     for f in &link_filters {
@@ -431,6 +460,8 @@ pub async fn start(
         subscribers,
         link_filters: Arc::new(link_filters),
         addr,
+        flow,
+        lag,
         retained,
         retained_file,
     };
@@ -505,31 +536,51 @@ fn publish_thread(
     });
 }
 
-/// Reads a link's notifications; hands publishes to in-process subscribers.
-fn receive_thread(mut rx: LinkRx, subscribers: Option<Subscribers>) {
+/// Reads a link's notifications; hands publishes to in-process subscribers (a reliable
+/// one is waited for; the others lose what does not fit in their queue).
+fn receive_thread(mut rx: LinkRx, subscribers: Option<(Subscribers, Arc<Flow>, Arc<flow::Lag>)>) {
     let mut dropped: u64 = 0;
+    let mut to: Vec<(mpsc::Sender<Message>, bool)> = Vec::new();
     loop {
         match rx.recv() {
             Ok(Some(Notification::Forward(f))) => {
-                let Some(subs) = &subscribers else { continue };
+                let Some((subs, flow, lag)) = &subscribers else {
+                    continue;
+                };
                 let Ok(topic) = std::str::from_utf8(&f.publish.topic) else {
                     continue;
                 };
-                let Ok(list) = subs.lock() else { return };
-                for (filters, tx) in list.iter() {
-                    if !filters.iter().any(|f| topic::matches(f, topic)) {
-                        continue;
-                    }
+                to.clear();
+                {
+                    let Ok(list) = subs.lock() else { return };
+                    to.extend(
+                        list.iter()
+                            .filter(|(filters, _, _)| {
+                                filters.iter().any(|f| topic::matches(f, topic))
+                            })
+                            .map(|(_, tx, reliable)| (tx.clone(), *reliable)),
+                    );
+                }
+                let mut counted = false;
+                for (tx, reliable) in to.drain(..) {
                     let msg = Message::new(topic, f.publish.payload.clone(), f.publish.retain);
-                    if tx.try_send(msg).is_err() && !tx.is_closed() {
+                    if reliable {
+                        // Waits for room (the publishers wait meanwhile); fails only when
+                        // the subscriber is gone.
+                        let _ = tx.blocking_send(msg);
+                        counted = true;
+                    } else if tx.try_send(msg).is_err() && !tx.is_closed() {
                         dropped += 1;
                         if dropped.is_power_of_two() {
                             log::warn!(
-                                "an internal subscriber to {filters:?} is behind: \
+                                "an internal subscriber to {topic:?} is behind: \
                                  {dropped} messages dropped so far"
                             );
                         }
                     }
+                }
+                if counted {
+                    flow.delivered(lag, 1);
                 }
             }
             Ok(Some(Notification::Unschedule)) => {

@@ -497,3 +497,47 @@ async fn offline_durability_writes_to_disk_only_while_the_uplink_is_down() {
     assert_no_gaps(&up.values(&topic), "offline durability");
     assert!(d.stop().success());
 }
+
+/// A local client's burst on an `out` route, far faster than the outbox writes one
+/// message at a time and six times rumqttd's log: every message reaches the upstream
+/// (the bridge's pick-up waits instead of dropping, and the flow control slows the
+/// publisher down meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_burst_on_an_out_route_loses_nothing() {
+    const N: i64 = 12_000;
+    let s = Setup::new("");
+    let m = Mosquitto::start(s.dir.path());
+    let routes = r#"
+[[upstream.route]]
+filter = "ext/#"
+direction = "out"
+qos = 1
+remote_prefix = "up/"
+"#;
+    s.write(&bridged(&s, m.port, "", routes));
+    let up = Collector::start(m.addr(), "collector-burst", "up/ext/#").await;
+    let d = s.start();
+    let local = Sub::connect_only(s.addr(), "burst").await;
+    assert!(local.connected());
+    let pad = " ".repeat(1000);
+    for i in 0..N {
+        local
+            .client
+            .publish(
+                "ext/burst",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                format!("{{\"value\":{i}}}{pad}"),
+            )
+            .await
+            .expect("publish locally");
+    }
+    assert!(
+        up.wait_complete("up/ext/burst", N - 1, Duration::from_secs(90))
+            .await,
+        "{} of {N} arrived upstream; missing {:?}\n{}",
+        up.values("up/ext/burst").len(),
+        &gaps_and_duplicates(&up.values("up/ext/burst")).0.get(..20),
+        d.log_text()
+    );
+}

@@ -183,7 +183,7 @@ impl Bridge {
         let pickup = if local_filters.is_empty() {
             None
         } else {
-            let rx = shared.broker.subscribe(&local_filters)?;
+            let rx = shared.broker.subscribe_reliable(&local_filters)?;
             Some(tokio::spawn(pick_up(shared.clone(), owned, rx)))
         };
         let s = Session {
@@ -263,15 +263,24 @@ pub fn outbound(routes: &Routes, messages: &[Message]) -> Vec<NewMessage> {
 }
 
 /// Messages other local clients publish under an out route: into the outbox.
+/// Whatever has arrived meanwhile goes into one append (one transaction), up to this
+/// many messages.
+const PICK_UP_BATCH: usize = 256;
+
 async fn pick_up(shared: Arc<Shared>, owned: Owned, mut rx: tokio::sync::mpsc::Receiver<Message>) {
-    while let Some(m) = rx.recv().await {
-        if owned.contains(&m.topic) || shared.echoes.take(&m.topic, &m.payload) {
-            continue;
+    let mut got = Vec::with_capacity(PICK_UP_BATCH);
+    while rx.recv_many(&mut got, PICK_UP_BATCH).await > 0 {
+        got.retain(|m| !(owned.contains(&m.topic) || shared.echoes.take(&m.topic, &m.payload)));
+        let batch = outbound(&shared.routes, &got);
+        if !batch.is_empty() {
+            if let Err(e) = shared.outbox.append(batch).await {
+                log::error!(
+                    "bridge: {} message(s) from local clients are lost: {e}",
+                    got.len()
+                );
+            }
         }
-        let batch = outbound(&shared.routes, std::slice::from_ref(&m));
-        if let Err(e) = shared.outbox.append(batch).await {
-            log::error!("bridge: a message on {} is lost: {e}", m.topic);
-        }
+        got.clear();
     }
 }
 
