@@ -3,13 +3,14 @@
 
     python3 benches/latency-vs-mosquitto-bridge.py            # 2 rounds x 15 s per side
     ROUNDS=3 SECONDS_PER_RUN=20 python3 benches/latency-vs-mosquitto-bridge.py
+    POINTS=1000 POLL_MS=1000 OUT=/tmp/gw.json python3 benches/latency-vs-mosquitto-bridge.py
 
 An upstream mosquitto ("the cloud") runs on a free 127.0.0.1 port, with one paho
 subscriber (QoS 1) on `site/#` that takes, for every message, its receive time minus the
 `ts` in its JSON payload (the time the reading was taken, milliseconds).
 
-A (sensorgate): `sensorgate run` with one sim device of 10 `random` points polled every
-  10 ms (1000 readings/s), `[upstream]` to the cloud mosquitto, one out route at QoS 1,
+A (sensorgate): `sensorgate run` with one sim device of POINTS (10) `random` points polled
+  every POLL_MS (10) ms (1000 readings/s), `[upstream]` to the cloud mosquitto, one out route at QoS 1,
   `durability = "always"` (each reading is committed to the SQLite outbox before it is
   published anywhere) or DURABILITY=offline.
 B (mosquitto bridge): a local mosquitto bridging `bench/#` out at QoS 1 to the cloud
@@ -18,8 +19,10 @@ B (mosquitto bridge): a local mosquitto bridging `bench/#` out at QoS 1 to the c
   just before publishing) to it at QoS 0.
 
 A and B alternate, ROUNDS times; the first 2 s of each run are left out (connects,
-start-up). Output: p50 / p99 / max latency and readings/s per run, the medians, and
-A/B ratios of the p50 and p99 (lower is better for A). Every process started is stopped
+start-up). Output: p50 / p99 / max latency and readings/s per run, the CPU (% of one core)
+and VmRSS / VmHWM of the gateway process (A: sensorgate; B: the bridging mosquitto, not
+its publisher, which plays the devices) over the measured window, the medians, and A/B
+ratios (lower is better for A); OUT=file also writes them as JSON. Every process started is stopped
 by PID (SIGTERM, then SIGKILL). Needs: mosquitto, python3 with paho-mqtt, a release
 build (BUILD=1, the default, runs `cargo build --release -p sensorgate`).
 """
@@ -46,8 +49,24 @@ DURABILITY = os.environ.get("DURABILITY", "always")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 SENSORGATE = os.environ.get("SENSORGATE", os.path.join(TARGET, "release", "sensorgate"))
 MOSQUITTO = os.environ.get("MOSQUITTO", "mosquitto")
-POINTS = 10
-POLL_MS = 10
+POINTS = int(os.environ.get("POINTS", "10"))
+POLL_MS = int(os.environ.get("POLL_MS", "10"))
+OUT = os.environ.get("OUT", "")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
 
 
 def free_port():
@@ -113,15 +132,23 @@ class Cloud:
         with self.lock:
             self.samples.append((now - parse_ts(ts)) * 1000.0)
 
-    def record(self, seconds):
+    def record(self, seconds, pid):
+        """Latency samples for `seconds` after the warm-up, and process `pid`'s CPU (% of
+        one core) and memory over the same window."""
         time.sleep(WARMUP_S)
         with self.lock:
             self.samples = []
+        cpu0 = cpu_seconds(pid)
         self.recording = True
         time.sleep(seconds)
         self.recording = False
+        usage = {
+            "cpu_pct": 100.0 * (cpu_seconds(pid) - cpu0) / seconds,
+            "rss_mib": status_kib(pid, "VmRSS") / 1024,
+            "hwm_mib": status_kib(pid, "VmHWM") / 1024,
+        }
         with self.lock:
-            return list(self.samples)
+            return list(self.samples), usage
 
     def close(self):
         self.client.loop_stop()
@@ -167,7 +194,7 @@ poll_interval = "{POLL_MS}ms"
                             stderr=open(os.path.join(d, "log"), "w"), env=env)
     try:
         wait_port(port)
-        return cloud.record(RUN_S)
+        return cloud.record(RUN_S, proc.pid)
     finally:
         stop(proc)
 
@@ -206,10 +233,10 @@ topic bench/# out 1 "" site/
 
         th = threading.Thread(target=publish, daemon=True)
         th.start()
-        samples = cloud.record(RUN_S)
+        result = cloud.record(RUN_S, proc.pid)
         stop_flag.set()
         th.join(5)
-        return samples
+        return result
     finally:
         stop_flag.set()
         if pub is not None:
@@ -218,12 +245,16 @@ topic bench/# out 1 "" site/
         stop(proc)
 
 
-def summary(samples):
+QUANTITIES = ("rate", "p50", "p99", "max", "cpu_pct", "rss_mib", "hwm_mib")
+
+
+def summary(result):
+    samples, usage = result
     if not samples:
         return None
     s = sorted(samples)
     pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]
-    return {"n": len(s), "rate": len(s) / RUN_S, "p50": pick(0.50), "p99": pick(0.99), "max": s[-1]}
+    return {"n": len(s), "rate": len(s) / RUN_S, "p50": pick(0.50), "p99": pick(0.99), "max": s[-1], **usage}
 
 
 def main():
@@ -242,18 +273,26 @@ def main():
                     sys.exit(f"round {r} {side}: nothing arrived upstream (files in {tmp})")
                 results[side].append(s)
                 print(f"round {r} {side}: {s['rate']:7.0f} readings/s  p50 {s['p50']:6.1f} ms  "
-                      f"p99 {s['p99']:6.1f} ms  max {s['max']:7.1f} ms", flush=True)
+                      f"p99 {s['p99']:6.1f} ms  max {s['max']:7.1f} ms  CPU {s['cpu_pct']:5.1f} %  "
+                      f"RSS {s['rss_mib']:5.1f} MiB (peak {s['hwm_mib']:5.1f})", flush=True)
                 time.sleep(1)
     finally:
         cloud.close()
-    med = {k: {q: statistics.median(x[q] for x in v) for q in ("rate", "p50", "p99", "max")}
+    med = {k: {q: statistics.median(x[q] for x in v) for q in QUANTITIES}
            for k, v in results.items()}
-    print(f"\nmedians, durability = {DURABILITY}:")
-    print(f"  A sensorgate        p50 {med['A']['p50']:6.1f} ms  p99 {med['A']['p99']:6.1f} ms  ({med['A']['rate']:.0f}/s)")
-    print(f"  B mosquitto bridge  p50 {med['B']['p50']:6.1f} ms  p99 {med['B']['p99']:6.1f} ms  ({med['B']['rate']:.0f}/s)")
+    print(f"\nmedians, {POINTS} points every {POLL_MS} ms, durability = {DURABILITY}:")
+    for k, name in (("A", "sensorgate"), ("B", "mosquitto bridge")):
+        m = med[k]
+        print(f"  {k} {name:<17} p50 {m['p50']:6.1f} ms  p99 {m['p99']:6.1f} ms  ({m['rate']:.0f}/s)  "
+              f"CPU {m['cpu_pct']:.1f} %  RSS {m['rss_mib']:.1f} MiB (peak {m['hwm_mib']:.1f})")
     ratio = lambda q: med["A"][q] / med["B"][q] if med["B"][q] > 0 else float("inf")
-    print(f"  A/B: p50 {ratio('p50'):.2f}x  p99 {ratio('p99'):.2f}x")
-    print(json.dumps({"durability": DURABILITY, "medians": med}))
+    print(f"  A/B: p50 {ratio('p50'):.2f}x  p99 {ratio('p99'):.2f}x  CPU {ratio('cpu_pct'):.2f}x")
+    result = {"durability": DURABILITY, "points": POINTS, "poll_ms": POLL_MS, "seconds": RUN_S,
+              "rounds": ROUNDS, "runs": results, "medians": med}
+    print(json.dumps(result))
+    if OUT:
+        with open(OUT, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -115,10 +115,17 @@ async fn outages_and_broker_restarts_lose_nothing() {
     // Live readings go first after a reconnect, so some backlog may still wait in the
     // buffer at this stop: the next run sends it. Nothing below the highest value seen
     // may be missing then.
+    // So: wait for a live reading of the next run, then for everything below it.
     let seen = *up.values(&topic).iter().max().expect("values");
     let mut d = s.start();
     assert!(
-        up.wait_complete(&topic, seen, Duration::from_secs(40))
+        up.wait_value(&topic, seen + 1, T).await,
+        "no live reading after the restart:\n{}",
+        d.log_text()
+    );
+    let live = *up.values(&topic).iter().max().expect("values");
+    assert!(
+        up.wait_complete(&topic, live, Duration::from_secs(40))
             .await,
         "{}\n{}",
         buffer_stats(&s),
