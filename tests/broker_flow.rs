@@ -152,7 +152,10 @@ async fn a_subscriber_that_stopped_reading_does_not_block_publishers() {
     sub.extend_from_slice(filter);
     sub.push(1);
     stuck.write_all(&sub).expect("subscribe");
-    stuck.read_exact(&mut [0u8; 5]).expect("suback");
+    let mut suback = [0u8; 5];
+    if let Err(e) = stuck.read_exact(&mut suback) {
+        panic!("no SUBACK ({e}); CONNACK {ack:?}:\n{}", _d.log_text());
+    }
 
     let watcher = Sub::connect(s.addr(), "watcher", "flow/#").await;
     let publisher = Sub::connect_only(s.addr(), "pub").await;
