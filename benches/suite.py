@@ -267,13 +267,12 @@ def render(results, m):
         L.append("")
     L += ["## Reading these", "",
           "- Flat-out latency is queueing, not broker latency; see the paced rows for latency.",
-          "- Flow control: a QoS 1 subscriber that falls half of rumqttd's 2 MiB per-filter log behind "
-          "slows down the publishers of what it gets (the front stops reading them), so acknowledged "
-          "QoS 1 messages are never skipped — rumqttd alone loses them (see `benches/broker-front.sh`).",
-          "- A lagging QoS 0 subscriber is not waited for: one that falls further behind than that "
-          "log skips what was overwritten and counts as `lost` here (QoS 0 is at most once; "
-          "mosquitto queues instead, up to `max_queued_messages`, which the comparison sets to no "
-          "limit).",
+          "- Flow control: a subscriber (QoS 0 or 1) that falls half of rumqttd's 1 MiB per-filter "
+          "log behind slows down the publishers of what it gets (the front stops reading them), so "
+          "nothing is skipped — rumqttd alone loses what a lagging subscriber has not read, QoS 1 "
+          "included (see `benches/broker-front.sh`). A subscriber that reads nothing for 2 s stops "
+          "holding publishers back and then misses what the log no longer holds (mosquitto, which "
+          "the comparison runs with `max_queued_messages 0` = no limit, queues instead).",
           "- CPU per message at a paced rate is where sensorgate is behind: every message crosses "
           "the front and rumqttd (two more socket hops than mosquitto); by thread CPU time at "
           "5 000 msgs/s about half is rumqttd's and half the front's.",

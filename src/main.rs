@@ -85,7 +85,23 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// glibc gives every thread that allocates an arena of its own (up to 8 per core), and
+/// freed memory stays in each: with tokio's workers, rumqttd's runtime and router and the
+/// broker's threads, peak RSS under load was 27 MiB; with two arenas 23 MiB at the same
+/// throughput (one arena cost a fifth of it). `MALLOC_ARENA_MAX` in the environment
+/// still wins (glibc reads it first).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a glibc tunable; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     logging::init(logging::level(cli.log_level.as_deref()));
     match real_main(cli.command) {

@@ -1,7 +1,7 @@
-//! Flow control: QoS 1 publishers that outrun a QoS 1 subscriber wait for it, so that
-//! nothing they were acknowledged is lost (rumqttd alone keeps a 2 MiB log per filter
-//! and a subscriber further behind skips the rest), and a subscriber that stops reading
-//! does not hold the others back for ever.
+//! Flow control: publishers that outrun a subscriber wait for it, so that nothing is
+//! lost (rumqttd alone keeps a 1 MiB log per filter and a subscriber further behind
+//! skips the rest, QoS 1 included), and a subscriber that stops reading does not hold
+//! the others back for ever.
 
 mod common;
 
@@ -58,12 +58,20 @@ fn slow_subscriber(s: &Setup) -> (AsyncClient, Got) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_qos1_subscriber_loses_nothing() {
+    slow_subscriber_loses_nothing(QoS::AtLeastOnce).await;
+}
+
+/// The same at QoS 0: a subscriber that keeps reading, however slowly, is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_qos0_subscriber_loses_nothing() {
+    slow_subscriber_loses_nothing(QoS::AtMostOnce).await;
+}
+
+async fn slow_subscriber_loses_nothing(qos: QoS) {
     let s = Setup::new("");
     let _d = s.start();
     let (sub, got) = slow_subscriber(&s);
-    sub.subscribe("flow/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
+    sub.subscribe("flow/#", qos).await.expect("subscribe");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut tasks = Vec::new();

@@ -12,7 +12,7 @@
 //!
 //! What rumqttd 0.20 does not do (or does wrong), the front does: session takeover and
 //! persistent sessions with their offline queue ([`super::offline`]), retained messages
-//! ([`super::retained`]), back-pressure for QoS 1 subscribers ([`super::flow`]), the
+//! ([`super::retained`]), back-pressure for subscribers that fall behind ([`super::flow`]), the
 //! delivery window (`max_inflight`, receive maximum) and the wills of kept sessions.
 
 use std::collections::{HashMap, HashSet};
@@ -99,7 +99,7 @@ pub struct Policy {
     pub message_expiry: Duration,
     /// Retained messages (shared with the daemon's own publisher).
     pub retained: Arc<RetainedStore>,
-    /// Flow control for QoS 1 subscribers (shared with the daemon's own publisher).
+    /// Flow control for subscribers (shared with the daemon's own publisher).
     pub flow: Arc<Flow>,
     /// rumqttd's internal listeners, by protocol level.
     pub internal_v4: SocketAddr,
@@ -1032,9 +1032,7 @@ impl Front {
             match f.kind {
                 p::PUBLISH => {
                     let publish = p::parse_publish(pkt, &f, kept.level)?;
-                    if publish.qos > 0 {
-                        self.policy.flow.delivered(&kept.joined.1, 1);
-                    }
+                    self.policy.flow.delivered(&kept.joined.1, 1);
                     match publish.qos {
                         1 => acks.extend_from_slice(&p::ack(p::PUBACK, publish.pkid)),
                         2 => acks.extend_from_slice(&p::ack(p::PUBREC, publish.pkid)),
@@ -1539,7 +1537,7 @@ impl Front {
                             blocked = true;
                             break None;
                         }
-                        delivered += u64::from(qos1);
+                        delivered += u64::from(f.kind == p::PUBLISH);
                         let end = pos + f.len;
                         match self.down_packet(s, st, &buf[pos..end], &f, &to_broker)? {
                             Verdict::Forward => {}
@@ -1673,7 +1671,7 @@ impl Front {
                 for ((filter, options, existed), &code) in planned.filters.iter().zip(&codes) {
                     if code < SUB_FAILED {
                         // Counted from now on (rumqttd has the subscription).
-                        self.policy.flow.set_filter(&s.lag, filter, code > 0);
+                        self.policy.flow.set_filter(&s.lag, filter, true);
                         self.retained_for(
                             s,
                             st,
