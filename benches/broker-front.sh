@@ -36,8 +36,9 @@ SENSORGATE=${SENSORGATE:-$TARGET_DIR/release/sensorgate}
 MQTT_LOAD=${MQTT_LOAD:-$TARGET_DIR/release/mqtt-load}
 MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
 
-die() { echo "broker-front: $*" >&2; exit 1; }
-log() { echo "[$(date +%T)] $*" >&2; }
+BENCH="broker-front"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 command -v python3 >/dev/null || die "python3 is needed"
@@ -54,16 +55,6 @@ fi
 
 TMP=$(mktemp -d /tmp/broker-front.XXXXXX)
 PIDS=()
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
@@ -74,18 +65,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_port() { # port
-    local i
-    for ((i = 0; i < 200; i++)); do
-        if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # The same users and rules for both brokers.
 mosquitto_passwd -c -b "$TMP/passwd" bench bench-secret >/dev/null
@@ -107,7 +86,7 @@ acl_file = "$TMP/acl"
 EOF
 "$SENSORGATE" run --config "$TMP/sg/sensorgate.toml" >"$TMP/sg/log" 2>&1 &
 PIDS+=($!)
-wait_port "$SG_PORT" || { tail -n 20 "$TMP/sg/log" >&2; die "sensorgate did not start"; }
+wait_port "${PIDS[-1]}" "$SG_PORT" || { tail -n 20 "$TMP/sg/log" >&2; die "sensorgate did not start"; }
 INTERNAL=$(sed -n 's/.*internal broker: MQTT 3.1.1 on 127.0.0.1:\([0-9]*\).*/\1/p' "$TMP/sg/log" | head -n 1)
 [[ -n $INTERNAL ]] || die "no internal port in sensorgate's log"
 
@@ -124,7 +103,7 @@ persistence false
 EOF
 "$MOSQUITTO" -c "$TMP/mq/mosquitto.conf" >"$TMP/mq/log" 2>&1 &
 PIDS+=($!)
-wait_port "$MQ_PORT" || die "mosquitto did not start"
+wait_port "${PIDS[-1]}" "$MQ_PORT" || die "mosquitto did not start"
 log "sensorgate front :$SG_PORT (rumqttd :$INTERNAL), mosquitto :$MQ_PORT"
 
 declare -A PORT=([secured]=$SG_PORT [rumqttd]=$INTERNAL [mosquitto]=$MQ_PORT)

@@ -41,8 +41,9 @@ DEFAULT_SCENARIO=(--publishers 1 --subscribers 1 --qos 0 --size 64 --count 20000
 read -r -a EXTRA <<<"$SCENARIO"
 LOAD_ARGS=("${DEFAULT_SCENARIO[@]}" "${EXTRA[@]}")
 
-die() { echo "broker-vs-mosquitto: $*" >&2; exit 1; }
-log() { echo "[$(date +%T)] $*" >&2; }
+BENCH="broker-vs-mosquitto"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$ROUNDS'"
 [[ $B_BROKER == sensorgate || $B_BROKER == mosquitto ]] || die "B_BROKER must be sensorgate or mosquitto"
@@ -65,53 +66,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# The state letter of /proc/PID/stat (after the "(comm)" field, which may hold spaces).
-proc_state() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1; }
-alive() {
-    local s
-    s=$(proc_state "$1") || return 1
-    [[ -n $s && $s != Z && $s != X ]]
-}
-# utime + stime of PID in seconds.
-cpu_seconds() {
-    local tck
-    tck=$(getconf CLK_TCK)
-    sed 's/^.*) //' "/proc/$1/stat" | awk -v t="$tck" '{ printf "%.3f", ($12 + $13) / t }'
-}
-# VmHWM (peak RSS) of PID in KiB.
-vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-
-# SIGTERM, then SIGKILL after $2 seconds; reaps the child. Never waits unbounded.
-stop_pid() {
-    local pid=$1 timeout=${2:-$STOP_TIMEOUT} deadline
-    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + timeout))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    if alive "$pid"; then
-        log "pid $pid did not stop within ${timeout}s of SIGTERM: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + 5))
-        while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    fi
-    alive "$pid" || wait "$pid" 2>/dev/null || true
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# Waits until 127.0.0.1:$2 accepts a TCP connection while PID $1 is alive.
-wait_port() {
-    local pid=$1 port=$2 deadline=$((SECONDS + START_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        alive "$pid" || return 2
-        if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 start_mosquitto() { # dir port -> sets BROKER_PID
     local dir=$1 port=$2

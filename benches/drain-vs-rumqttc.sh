@@ -64,8 +64,9 @@ MOSQUITTO_SUB=${MOSQUITTO_SUB:-$(command -v mosquitto_sub || echo /usr/bin/mosqu
 MOSQUITTO_PUB=${MOSQUITTO_PUB:-$(command -v mosquitto_pub || echo /usr/bin/mosquitto_pub)}
 TOPIC=bench/drain
 
-die() { echo "drain-vs-rumqttc: $*" >&2; exit 1; }
-log() { echo "[$(date +%T)] $*" >&2; }
+BENCH="drain-vs-rumqttc"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 for v in ROUNDS COUNT SIZE DRAIN_RATE TIMEOUT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
@@ -117,39 +118,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-proc_state() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1; }
-alive() {
-    local s
-    s=$(proc_state "$1") || return 1
-    [[ -n $s && $s != Z && $s != X ]]
-}
-# SIGTERM, then SIGKILL after $2 seconds (10); reaps the child. Never waits unbounded.
-stop_pid() {
-    local pid=$1 timeout=${2:-10} deadline
-    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + timeout))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    if alive "$pid"; then
-        log "pid $pid did not stop within ${timeout}s of SIGTERM: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + 5))
-        while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    fi
-    alive "$pid" || wait "$pid" 2>/dev/null || true
-}
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_port() { # pid port
-    local deadline=$((SECONDS + 20))
-    while ((SECONDS < deadline)); do
-        alive "$1" || return 2
-        if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$2" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 now() { date +%s.%N; }
 lines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
 

@@ -32,8 +32,9 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ $TARGET_DIR != /* ]]; then TARGET_DIR=$ROOT/$TARGET_DIR; fi
 SENSORGATE=${SENSORGATE:-$TARGET_DIR/release/sensorgate}
 
-die() { echo "idle-rss: $*" >&2; exit 1; }
-log() { echo "[$(date +%T)] $*" >&2; }
+BENCH="idle-rss"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 [[ $DURATION =~ ^[0-9]+$ ]] || die "DURATION must be whole seconds, not '$DURATION'"
 [[ $SAMPLE =~ ^[0-9]+$ ]] || die "SAMPLE must be whole seconds, not '$SAMPLE'"
@@ -73,31 +74,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-proc_state() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1; }
-alive() {
-    local s
-    s=$(proc_state "$1") || return 1
-    [[ -n $s && $s != Z && $s != X ]]
-}
-cpu_seconds() {
-    sed 's/^.*) //' "/proc/$1/stat" | awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f", ($12 + $13) / t }'
-}
-status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-stop_pid() {
-    local pid=$1 timeout=${2:-$STOP_TIMEOUT} deadline
-    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + timeout))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    if alive "$pid"; then
-        log "pid $pid did not stop within ${timeout}s of SIGTERM: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + 5))
-        while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    fi
-    alive "$pid" || wait "$pid" 2>/dev/null || true
-}
 
 cp "$CONFIG" "$TMP/sensorgate.toml"
 if [[ -d $(dirname "$CONFIG")/conf.d ]]; then cp -r "$(dirname "$CONFIG")/conf.d" "$TMP/conf.d"; fi
