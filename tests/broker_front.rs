@@ -398,12 +398,11 @@ fn tail_logs_in_with_username_and_sensorgate_password() {
     assert!(out.starts_with(&format!("{}/", s.prefix)), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_qos0_wildcard_subscriber_gets_all_300_retained_messages() {
-    let s = Setup::new("");
-    let _d = s.start();
+/// Publish `r/0` … `r/299` retained (QoS 1) and wait until the last one is routed (a
+/// subscriber sees it live); returns the publisher and that subscriber.
+async fn retain_300(s: &Setup, d: &common::Daemon) -> (Sub, Sub) {
     let publisher = Sub::connect_only(s.addr(), "retainer").await;
-    assert!(publisher.connected());
+    assert!(publisher.connected(), "{}", d.log_text());
     for i in 0..300 {
         publisher
             .client
@@ -416,9 +415,16 @@ async fn a_qos0_wildcard_subscriber_gets_all_300_retained_messages() {
             .await
             .expect("publish");
     }
-    // The last one has been routed once a subscriber sees it live.
     let probe = Sub::connect(s.addr(), "probe", "r/299").await;
     assert!(probe.wait_for(WAIT, |m| m.topic == "r/299").await.is_some());
+    (publisher, probe)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_wildcard_subscriber_gets_all_300_retained_messages() {
+    let s = Setup::new("");
+    let d = s.start();
+    let (_publisher, _probe) = retain_300(&s, &d).await;
 
     let sub = Sub::connect(s.addr(), "late", "r/#").await;
     assert!(
@@ -438,23 +444,8 @@ async fn a_qos0_wildcard_subscriber_gets_all_300_retained_messages() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_qos1_hash_subscriber_gets_all_300_retained_messages_then_live_ones() {
     let s = Setup::new("");
-    let _d = s.start();
-    let publisher = Sub::connect_only(s.addr(), "retainer").await;
-    assert!(publisher.connected());
-    for i in 0..300 {
-        publisher
-            .client
-            .publish(
-                format!("r/{i}"),
-                rumqttc::QoS::AtLeastOnce,
-                true,
-                i.to_string(),
-            )
-            .await
-            .expect("publish");
-    }
-    let probe = Sub::connect(s.addr(), "probe", "r/299").await;
-    assert!(probe.wait_for(WAIT, |m| m.topic == "r/299").await.is_some());
+    let d = s.start();
+    let (publisher, probe) = retain_300(&s, &d).await;
 
     let a = s.addr();
     for v5 in [false, true] {
