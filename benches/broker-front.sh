@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The cost of the broker front: the same load (benches/mqtt-load) through
-#   secured    sensorgate's listener: the front with password_file + acl_file, then rumqttd
-#   rumqttd    the same sensorgate process's internal rumqttd port (the front bypassed)
+#   secured    sensorgate with password_file + acl_file (the front checks every packet)
+#   open       sensorgate without them (anonymous clients on loopback)
 #   mosquitto  mosquitto 2 with the same password and ACL files
+# (Until session 4 the middle column was rumqttd's own listener inside the same process;
+# sensorgate no longer starts rumqttd's listeners: every client reaches its router
+# through the front, on an in-process link.)
 # for QoS 0 and QoS 1, 1 -> 1 and 10 -> 1: throughput flat-out, and p99 latency at a
 # fixed rate well below every broker's throughput (with TCP_NODELAY on the clients).
 #
@@ -19,7 +22,7 @@
 #   SECS        length of a latency run in seconds (default 4)
 #   SENSORGATE, MQTT_LOAD, MOSQUITTO   binaries (defaults: <target dir>/release/…, PATH)
 #   KEEP_TMP    1: keep the temporary directory (configs, logs, raw results)
-# Only 127.0.0.1 is used. Goal (issue 6): secured >= 0.8 x rumqttd, >= 1.0 x mosquitto.
+# Only 127.0.0.1 is used. Goal (issue 6): secured >= 0.8 x open, >= 1.0 x mosquitto.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -73,22 +76,25 @@ user bench
 topic readwrite load/#
 EOF
 
-SG_PORT=$(free_port)
-mkdir -p "$TMP/sg/state"
-cat >"$TMP/sg/sensorgate.toml" <<EOF
+start_sensorgate() { # name port extra-broker-keys
+    mkdir -p "$TMP/$1/state"
+    cat >"$TMP/$1/sensorgate.toml" <<EOF
 [gateway]
-id = "bench"
-state_dir = "$TMP/sg/state"
+id = "bench-$1"
+state_dir = "$TMP/$1/state"
 [broker]
-listen = "127.0.0.1:$SG_PORT"
-password_file = "$TMP/passwd"
-acl_file = "$TMP/acl"
+listen = "127.0.0.1:$2"
+$3
 EOF
-"$SENSORGATE" run --config "$TMP/sg/sensorgate.toml" >"$TMP/sg/log" 2>&1 &
-PIDS+=($!)
-wait_port "${PIDS[-1]}" "$SG_PORT" || { tail -n 20 "$TMP/sg/log" >&2; die "sensorgate did not start"; }
-INTERNAL=$(sed -n 's/.*internal broker: MQTT 3.1.1 on 127.0.0.1:\([0-9]*\).*/\1/p' "$TMP/sg/log" | head -n 1)
-[[ -n $INTERNAL ]] || die "no internal port in sensorgate's log"
+    "$SENSORGATE" run --config "$TMP/$1/sensorgate.toml" >"$TMP/$1/log" 2>&1 &
+    PIDS+=($!)
+    wait_port "${PIDS[-1]}" "$2" || { tail -n 20 "$TMP/$1/log" >&2; die "sensorgate ($1) did not start"; }
+}
+SG_PORT=$(free_port)
+start_sensorgate sg "$SG_PORT" "password_file = \"$TMP/passwd\"
+acl_file = \"$TMP/acl\""
+OPEN_PORT=$(free_port)
+start_sensorgate open "$OPEN_PORT" ""
 
 MQ_PORT=$(free_port)
 mkdir -p "$TMP/mq"
@@ -104,9 +110,9 @@ EOF
 "$MOSQUITTO" -c "$TMP/mq/mosquitto.conf" >"$TMP/mq/log" 2>&1 &
 PIDS+=($!)
 wait_port "${PIDS[-1]}" "$MQ_PORT" || die "mosquitto did not start"
-log "sensorgate front :$SG_PORT (rumqttd :$INTERNAL), mosquitto :$MQ_PORT"
+log "sensorgate secured :$SG_PORT, open :$OPEN_PORT, mosquitto :$MQ_PORT"
 
-declare -A PORT=([secured]=$SG_PORT [rumqttd]=$INTERNAL [mosquitto]=$MQ_PORT)
+declare -A PORT=([secured]=$SG_PORT [open]=$OPEN_PORT [mosquitto]=$MQ_PORT)
 AUTH=(--username bench --password bench-secret)
 : >"$TMP/runs.jsonl"
 run() { # kind qos pubs target args...
@@ -127,7 +133,7 @@ run() { # kind qos pubs target args...
 for ((round = 1; round <= ROUNDS; round++)); do
     for qos in 0 1; do
         for pubs in 1 10; do
-            for target in secured rumqttd mosquitto; do
+            for target in secured open mosquitto; do
                 log "round $round: QoS $qos $pubs->1 $target"
                 run throughput "$qos" "$pubs" "$target" --count $((COUNT / pubs)) --rate 0
                 per=$(python3 -c "print($RATE / $pubs)")
@@ -141,7 +147,7 @@ python3 - "$TMP/runs.jsonl" "$OUT" "$ROUNDS" "$COUNT" "$RATE" <<'PY'
 import json, statistics, sys
 runs_file, out_file, rounds, count, rate = sys.argv[1:6]
 runs = [json.loads(l) for l in open(runs_file) if l.strip()]
-targets = ["secured", "rumqttd", "mosquitto"]
+targets = ["secured", "open", "mosquitto"]
 def med(kind, qos, pubs, target, key):
     v = [r["load"].get(key) for r in runs if (r["kind"], r["qos"], r["pubs"], r["target"]) == (kind, qos, pubs, target)]
     v = [x for x in v if x is not None]
@@ -151,7 +157,7 @@ def lost(kind, qos, pubs, target):
 def f(v, p="{:.0f}"):
     return "-" if v is None else p.format(v)
 print(f"throughput flat-out ({count} messages, 64 B) and p99 at {rate} msgs/s; medians of {rounds} round(s)")
-print("{:<10}{:<8}".format("scenario", "target") + "".join("{:>12}".format(h) for h in ["msgs/s", "lost", "p99 ms", "lost@rate", "x rumqttd", "x mosq"]))
+print("{:<10}{:<8}".format("scenario", "target") + "".join("{:>12}".format(h) for h in ["msgs/s", "lost", "p99 ms", "lost@rate", "x open", "x mosq"]))
 summary = {}
 for qos in (0, 1):
     for pubs in (1, 10):
@@ -159,11 +165,11 @@ for qos in (0, 1):
         for t in targets:
             tp = med("throughput", qos, pubs, t, "msgs_per_s")
             p99 = med("latency", qos, pubs, t, "p99_ms")
-            base_r = med("throughput", qos, pubs, "rumqttd", "msgs_per_s")
+            base_r = med("throughput", qos, pubs, "open", "msgs_per_s")
             base_m = med("throughput", qos, pubs, "mosquitto", "msgs_per_s")
             xr = tp / base_r if tp and base_r else None
             xm = tp / base_m if tp and base_m else None
-            summary.setdefault(name, {})[t] = {"msgs_per_s": tp, "p99_ms": p99, "x_rumqttd": xr, "x_mosquitto": xm,
+            summary.setdefault(name, {})[t] = {"msgs_per_s": tp, "p99_ms": p99, "x_open": xr, "x_mosquitto": xm,
                                                "lost": lost("throughput", qos, pubs, t), "lost_at_rate": lost("latency", qos, pubs, t)}
             print("{:<10}{:<10}".format(name, t) + "".join("{:>12}".format(x) for x in [
                 f(tp), str(lost("throughput", qos, pubs, t)), f(p99, "{:.2f}"), str(lost("latency", qos, pubs, t)),

@@ -3,34 +3,33 @@
 //!
 //! Nothing outside this module names rumqttd, so the broker can be replaced. What this
 //! module works around (all verified on 0.20):
-//! - `Broker::start()` blocks forever and there is no stop: it runs on a thread of its
-//!   own and dies with the process.
-//! - In-process links must be made before `start()`: the two the daemon needs (one to
-//!   publish, one to subscribe) are made here, once.
+//! - `Broker::start()` blocks forever, has no stop, and its listeners cost two socket
+//!   hops and three thread wake-ups per message: it is never called. `Broker::new()`
+//!   starts the router thread, and every connection is a local link to it: the front's
+//!   clients ([`local`]) and the daemon's own two (one to publish, one to subscribe).
 //! - `LinkTx` calls are synchronous and block when the router's queue is full: they run
 //!   on a dedicated thread, fed by a bounded channel, never on a tokio worker.
 //! - A link that ignores `Notification::Unschedule` stalls after 200 messages: both link
 //!   receivers answer it with `ready()`.
 //! - `RouterConfig::default()` is all zeros: every field is set below, with small
 //!   segments (memory is a goal on a Pi).
-//! - Binding port 0 works but the real port is never told, and a port in use is only
-//!   logged: each listener is bound once here first, for a clear start-up error, and
-//!   the broker is only called ready once it answers an MQTT CONNECT.
 //!
-//! rumqttd listens only on loopback ports chosen at start; the configured listeners
-//! belong to [`front`], which checks CONNECT / SUBSCRIBE / PUBLISH (password file, ACL,
-//! limits, TLS) and passes the rest through. The daemon's own links bypass the front.
+//! The configured listeners belong to [`front`], which checks CONNECT / SUBSCRIBE /
+//! PUBLISH (password file, ACL, limits, TLS) and passes the rest to the router. Each
+//! listener is bound once here first, for a clear start-up error, and the broker is
+//! only called ready once it answers an MQTT CONNECT. The daemon's own links bypass the
+//! front.
 
 pub mod acl;
 pub mod flow;
 pub mod front;
+pub mod local;
 pub mod offline;
 pub mod packet;
 pub mod passwd;
 pub mod retained;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -40,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use rumqttd::{Notification, RouterConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use self::acl::{Acl, AclError};
@@ -56,8 +55,8 @@ use crate::topic;
 /// (`SEGMENT_SIZE × SEGMENT_COUNT`); a subscriber further behind than that would miss
 /// messages, so the flow control ([`flow`]) holds publishers back at half of it.
 /// rumqttd's sample config (100 MiB × 10) reached 305 MiB RSS under load; 1 MiB × 2
-/// peaked at 25–39 MiB in the flat-out benchmarks, 512 KiB × 2 (with the read batch
-/// below) at 16–25 MiB with the same throughput and no loss.
+/// peaked at 25–39 MiB in the flat-out benchmarks, 512 KiB × 2 at 16–25 MiB with the
+/// same throughput and no loss.
 const SEGMENT_SIZE: usize = 512 * 1024;
 const SEGMENT_COUNT: usize = 2;
 /// What rumqttd reads for one QoS 0 subscription at a time. Before the flow control a
@@ -67,18 +66,11 @@ const SEGMENT_COUNT: usize = 2;
 const MAX_OUTGOING_PACKETS: u64 = 200;
 /// The retained messages, in the state directory.
 const RETAINED_FILE: &str = "retained.bin";
-/// Packets rumqttd reads from one connection in one go.
-const READ_BATCH: usize = 100;
 /// In-process links count against rumqttd's connection limit.
 const INTERNAL_LINKS: usize = 2;
 /// rumqttd's own connection limit, above the front's (which is the one clients meet):
 /// connections the front has closed may still be counted there for a moment.
 const INTERNAL_SPARE_CONNECTIONS: usize = 64;
-/// How long a client may take to send CONNECT after its TCP connect.
-const CONNECT_TIMEOUT_MS: u16 = 10_000;
-/// What a PUBLISH may carry besides its payload; rumqttd's own packet limit is the
-/// payload limit plus this, so that the front is the one that decides.
-const PACKET_SLACK: u64 = 2 * 65_536 + 16;
 /// Messages waiting for the publishing thread; a full queue makes publishers wait.
 const COMMAND_QUEUE: usize = 1024;
 /// Messages waiting for one in-process subscriber before they are dropped (counted).
@@ -126,8 +118,6 @@ pub enum BrokerError {
     Acl(#[from] AclError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
-    #[error("no free loopback port for the internal broker: {0}")]
-    InternalPort(std::io::Error),
 }
 
 enum Command {
@@ -233,34 +223,6 @@ pub fn client_addr(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-fn settings(name: &str, listen: SocketAddr, cfg: &BrokerConfig) -> ServerSettings {
-    ServerSettings {
-        name: name.to_string(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: ConnectionSettings {
-            connection_timeout_ms: CONNECT_TIMEOUT_MS,
-            max_payload_size: usize::try_from(cfg.max_payload_size + PACKET_SLACK)
-                .unwrap_or(usize::MAX),
-            // rumqttd reads this many packets per batch from one client (its name for
-            // it; `max_inflight` towards a client is the front's, see front::Window).
-            max_inflight_count: READ_BATCH,
-            auth: None,
-            external_auth: None,
-            // Off: a topic nobody subscribes to gets no commit log (retained still kept).
-            dynamic_filters: false,
-        },
-    }
-}
-
-/// A loopback port that was free a moment ago, for one of rumqttd's internal listeners.
-fn internal_addr() -> Result<SocketAddr, BrokerError> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(BrokerError::InternalPort)
-}
-
 /// The front's listeners: `listen`, `listen_v5`, `listen_tls`.
 async fn bind_listeners(
     cfg: &BrokerConfig,
@@ -295,8 +257,7 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpList
 /// What the front enforces, with the password and ACL files read.
 fn policy(
     cfg: &BrokerConfig,
-    internal_v4: SocketAddr,
-    internal_v5: SocketAddr,
+    router: local::Router,
     retained: Arc<RetainedStore>,
     flow: Arc<Flow>,
 ) -> Result<Policy, BrokerError> {
@@ -325,8 +286,7 @@ fn policy(
         message_expiry: cfg.message_expiry,
         retained,
         flow,
-        internal_v4,
-        internal_v5,
+        router,
     })
 }
 
@@ -352,8 +312,6 @@ pub async fn start(
     // milliseconds meanwhile would come out of the queue as a burst of connects and use
     // up its connect-rate tokens. They are bound for good once rumqttd answers.
     drop(bind_listeners(cfg).await?);
-    let internal_v4 = internal_addr()?;
-    let internal_v5 = internal_addr()?;
     // A subscriber may get half a log behind before publishers wait for it.
     let flow = Arc::new(Flow::new((SEGMENT_SIZE / 2) as u64));
     let retained_file = Arc::new(state_dir.join(RETAINED_FILE));
@@ -369,15 +327,6 @@ pub async fn start(
             RetainedStore::default()
         }
     });
-    let front = Arc::new(Front::new(policy(
-        cfg,
-        internal_v4,
-        internal_v5,
-        retained.clone(),
-        flow.clone(),
-    )?));
-    log::info!("internal broker: MQTT 3.1.1 on {internal_v4}, MQTT 5 on {internal_v5}");
-
     let router = RouterConfig {
         // Clients, and as many offline sessions (each keeps its connection to rumqttd).
         max_connections: 2 * cfg.max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
@@ -388,33 +337,26 @@ pub async fn start(
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };
-    let mut v4 = HashMap::new();
-    v4.insert("v4".to_string(), settings("mqtt-v4", internal_v4, cfg));
-    let mut v5 = HashMap::new();
-    v5.insert("v5".to_string(), settings("mqtt-v5", internal_v5, cfg));
+    // Only the router: no listener of rumqttd's (`start()` is never called), every
+    // client comes through the front on a local link.
     let config = rumqttd::Config {
         id: 0,
         router,
-        v4: Some(v4),
-        v5: Some(v5),
         ..Default::default()
     };
-
-    let mut broker = rumqttd::Broker::new(config);
-    let (pub_tx, pub_rx) = broker
+    let router = local::Router::new(rumqttd::Broker::new(config));
+    let (pub_tx, pub_rx) = router
         .link("sensorgate-publisher")
         .map_err(|e| BrokerError::Link(e.to_string()))?;
-    let (sub_tx, sub_rx) = broker
+    let (sub_tx, sub_rx) = router
         .link("sensorgate-subscriber")
         .map_err(|e| BrokerError::Link(e.to_string()))?;
-
-    std::thread::Builder::new()
-        .name("broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                log::error!("the embedded broker stopped: {e}");
-            }
-        })?;
+    let front = Arc::new(Front::new(policy(
+        cfg,
+        router,
+        retained.clone(),
+        flow.clone(),
+    )?));
 
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let subscribers: Subscribers = Arc::default();
@@ -442,10 +384,8 @@ pub async fn start(
             .map_err(|_| BrokerError::Gone)?;
     }
 
-    // rumqttd first (directly), then the front's listeners (any CONNACK will do: with a
-    // password file the probe's anonymous CONNECT is refused, which is an answer too).
-    wait_ready(internal_v4, 4, Duration::from_secs(10), true).await?;
-    wait_ready(internal_v5, 5, Duration::from_secs(10), true).await?;
+    // The front's listeners answer (any CONNACK will do: with a password file the
+    // probe's anonymous CONNECT is refused, which is an answer too).
     let (listener, listener_v5, listener_tls) = bind_listeners(cfg).await?;
     tokio::spawn(front.clone().serve(listener, None));
     if let Some(l) = listener_v5 {
@@ -455,9 +395,9 @@ pub async fn start(
         tokio::spawn(front.clone().serve(l, Some(acceptor)));
     }
     let addr = client_addr(listen);
-    wait_ready(addr, 4, Duration::from_secs(10), false).await?;
+    wait_ready(addr, 4, Duration::from_secs(10)).await?;
     if let Some(a) = listen_v5 {
-        wait_ready(client_addr(a), 5, Duration::from_secs(10), false).await?;
+        wait_ready(client_addr(a), 5, Duration::from_secs(10)).await?;
     }
     let handle = BrokerHandle {
         commands,
@@ -598,22 +538,14 @@ fn receive_thread(mut rx: LinkRx, subscribers: Option<(Subscribers, Arc<Flow>, A
     }
 }
 
-/// Wait until the broker answers an MQTT CONNECT of `level` on `addr` (with
-/// `accepted`: accepts it).
-async fn wait_ready(
-    addr: SocketAddr,
-    level: u8,
-    limit: Duration,
-    accepted: bool,
-) -> Result<(), BrokerError> {
+/// Wait until the broker answers an MQTT CONNECT of `level` on `addr` (accepted or
+/// not).
+async fn wait_ready(addr: SocketAddr, level: u8, limit: Duration) -> Result<(), BrokerError> {
     let deadline = Instant::now() + limit;
     loop {
-        let ok = tokio::task::spawn_blocking(move || match mqtt_connack(addr, level) {
-            Some(code) => !accepted || code == 0,
-            None => false,
-        })
-        .await
-        .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || mqtt_connack(addr, level).is_some())
+            .await
+            .unwrap_or(false);
         if ok {
             return Ok(());
         }

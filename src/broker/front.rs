@@ -1,19 +1,19 @@
 //! The MQTT-aware front of the embedded broker: it owns the configured listeners and
-//! passes each accepted client on to rumqttd's internal loopback listener.
+//! connects each accepted client to rumqttd's router in process ([`super::local`]).
 //!
 //! Per client: read the CONNECT (with a timeout), decide (connect rate, max_connections,
 //! password, keepalive), answer a refusal with its CONNACK code (rumqttd would just close
-//! the socket), else open a connection to rumqttd with a CONNECT of the front's: always
-//! a clean session, under an id of the front's that is new for every connection, with
-//! keepalive 0 made rumqttd's largest (the front pings for the client), and pipe both
-//! ways. Packets are forwarded as the bytes they came in as; the front parses only
+//! the socket), else open a link to the router: always a clean session, without a will,
+//! under an id of the front's that is new for every connection, and pipe both ways.
+//! Packets are passed on as the bytes they came in as; the front parses only
 //! SUBSCRIBE / UNSUBSCRIBE (ACL, subscription limit), PUBLISH (ACL, payload size,
-//! retained messages, flow control) and what it must answer for itself.
+//! retained messages, flow control) and what it must answer for itself. The front
+//! enforces keepalive.
 //!
 //! What rumqttd 0.20 does not do (or does wrong), the front does: session takeover and
 //! persistent sessions with their offline queue ([`super::offline`]), retained messages
 //! ([`super::retained`]), back-pressure for subscribers that fall behind ([`super::flow`]), the
-//! delivery window (`max_inflight`, receive maximum) and the wills of kept sessions.
+//! delivery window (`max_inflight`, receive maximum) and wills.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 
 use super::acl::{Access, Acl, Client};
 use super::flow::{Flow, Lag, Routes};
+use super::local::{self, LinkReader, LinkWriter, Router};
 use super::offline::{OfflineQueue, Queued, Registry};
 use super::packet::{self as p, Frame, Framing, PacketError};
 use super::passwd::PasswordFile;
@@ -52,10 +52,6 @@ const HEADER_SLACK: usize = 2 * 65_536 + 16;
 const INJECT_QUEUE: usize = 1024;
 /// Read buffer per direction and client.
 const READ_BUF: usize = 16 * 1024;
-/// The keepalive rumqttd gets for a client that asked for none (rumqttd refuses 0).
-const BROKER_KEEPALIVE: u16 = u16::MAX;
-/// With keepalive 0, the front pings rumqttd itself after this much client silence.
-const BROKER_PING_EVERY: Duration = Duration::from_secs(BROKER_KEEPALIVE as u64 / 2);
 
 /// Refusals' CONNACK codes: (MQTT 3.1.1 return code, MQTT 5 reason code).
 const NOT_AUTHORIZED: (u8, u8) = (5, 0x87);
@@ -101,9 +97,8 @@ pub struct Policy {
     pub retained: Arc<RetainedStore>,
     /// Flow control for subscribers (shared with the daemon's own publisher).
     pub flow: Arc<Flow>,
-    /// rumqttd's internal listeners, by protocol level.
-    pub internal_v4: SocketAddr,
-    pub internal_v5: SocketAddr,
+    /// rumqttd's router, which every client is connected to in process.
+    pub router: Router,
 }
 
 /// The front's shared state: one for all listeners.
@@ -121,18 +116,12 @@ pub struct Front {
     parked: AtomicUsize,
 }
 
-/// A connection to rumqttd, as one client's session uses it.
+/// A connection to rumqttd's router, as one client's session uses it.
 struct Link {
-    br: OwnedReadHalf,
-    bw: OwnedWriteHalf,
-    fd: std::os::fd::RawFd,
-    /// rumqttd's end of the connection has TCP_NODELAY (else the front acknowledges
-    /// each read at once, see [`quick_ack`]).
-    nodelay: bool,
+    br: LinkReader,
+    bw: LinkWriter,
     /// Read from rumqttd, not yet passed on.
     buf: BytesMut,
-    /// rumqttd's CONNACK when the connection was made.
-    connack: Vec<u8>,
 }
 
 /// A persistent session between connections: everything a returning client resumes.
@@ -142,8 +131,6 @@ struct Kept {
     username: Option<String>,
     /// A persistent session (else it is only handed over to be ended).
     persistent: bool,
-    /// rumqttd holds no will for this connection: the front sends it.
-    owned: bool,
     /// The will, while nobody sent it.
     will: Option<OwnedWill>,
     all_readable: bool,
@@ -236,8 +223,6 @@ struct Session {
     keep_alive: u16,
     client_id: String,
     username: Option<String>,
-    /// PINGREQs the front sent rumqttd itself, whose PINGRESPs are not the client's.
-    pings: AtomicU32,
     /// Every filter subscribed to so far lies wholly inside what the ACL lets the client
     /// read, so deliveries need no per-message Read check.
     all_readable: AtomicBool,
@@ -535,7 +520,6 @@ impl Front {
             keep_alive: c.keep_alive.min(self.policy.max_keepalive),
             client_id: c.client_id.to_string(),
             username: c.username.map(str::to_string),
-            pings: AtomicU32::new(0),
             all_readable: AtomicBool::new(true),
             pending: Mutex::new(HashMap::new()),
             injected: Mutex::default(),
@@ -577,28 +561,16 @@ impl Front {
             .then(|| Duration::from_secs(c.session_expiry.into()));
         let clean = c.clean;
         let will = c.will.as_ref().map(OwnedWill::from);
-        // rumqttd sees a clean session under an id of the front's, new for each
-        // connection: takeovers and persistent sessions are the front's (rumqttd 0.20's
-        // own takeover can panic its listener for good), and so is the will of a
-        // persistent session.
+        // rumqttd's router sees a clean session without a will, under an id of the
+        // front's, new for each connection: takeovers, persistent sessions and wills
+        // are the front's (rumqttd 0.20's own takeover can panic its listener for good).
         let generation = self.sessions.generation();
-        let internal_id = if client_id.is_empty() {
-            String::new()
-        } else {
-            // rumqttd refuses ids with + $ # / (the front takes any).
-            let name: String = client_id
-                .chars()
-                .map(|ch| if "+$#/".contains(ch) { '_' } else { ch })
-                .collect();
-            format!("{generation}-{name}")
-        };
-        let broker_keep_alive = if persistent || keep_alive == 0 {
-            BROKER_KEEPALIVE
-        } else {
-            keep_alive
-        };
-        let broker_connect =
-            p::connect_for_broker(&c, &internal_id, broker_keep_alive, !persistent);
+        // rumqttd refuses ids with + $ # / (the front takes any).
+        let name: String = client_id
+            .chars()
+            .map(|ch| if "+$#/".contains(ch) { '_' } else { ch })
+            .collect();
+        let internal_id = format!("{generation}-{name}");
         buf.advance(f.len);
 
         // The session this client id left (or still holds on another connection).
@@ -619,7 +591,6 @@ impl Front {
             }
             None => None,
         };
-        let owned = persistent || resumed.is_some();
 
         let (mut link, mut up_st, mut down_st, queue, joined) = match resumed {
             Some(k) => {
@@ -633,20 +604,29 @@ impl Front {
                 (k.link, up_st, down_st, Some(k.queue), k.joined)
             }
             None => {
-                let link = self.open(level, &broker_connect).await?;
+                let link = match self.policy.router.connect(internal_id, level).await {
+                    Ok((br, bw)) => Link {
+                        br,
+                        bw,
+                        buf: BytesMut::new(),
+                    },
+                    Err(e) => {
+                        let why = format!("the internal broker refused it: {e}");
+                        return Self::refuse(cw, level, SERVER_UNAVAILABLE, peer, &why).await;
+                    }
+                };
                 let flow = self.policy.flow.clone();
                 let lag = flow.join();
                 let joined = Joined(flow, lag);
                 (link, UpState::default(), DownState::default(), None, joined)
             }
         };
-        let mut connack = link.connack.clone();
-        let accepted = connack.get(CONNACK_CODE_AT) == Some(&0);
+        let mut connack = local::connack(level);
         if queue.is_some() {
             connack[CONNACK_CODE_AT - 1] |= 0x01; // session present
         }
         match server_keep_alive {
-            Some(k) if accepted => {
+            Some(k) => {
                 let af = match p::frame(&connack, p::MAX_REMAINING)? {
                     Framing::Packet(af) => af,
                     Framing::Partial(_) => return Err(SessionError::Protocol("a short CONNACK")),
@@ -654,10 +634,7 @@ impl Front {
                 cw.write_all(&p::connack_with_keepalive(&connack, &af, k)?)
                     .await?
             }
-            _ => cw.write_all(&connack).await?,
-        }
-        if !accepted {
-            return Ok(());
+            None => cw.write_all(&connack).await?,
         }
         log::debug!(
             "broker: client {client_id:?} connected from {peer} (MQTT {}{})",
@@ -694,7 +671,6 @@ impl Front {
         let down = self.broker_to_client(
             &session,
             &mut link.br,
-            (!link.nodelay).then_some(link.fd),
             cw,
             &mut link.buf,
             &mut down_st,
@@ -717,7 +693,6 @@ impl Front {
                 }
                 let kept = Kept {
                     persistent,
-                    owned,
                     will,
                     ..self.keep(&session, link, up_st, down_st, joined).await
                 };
@@ -728,11 +703,6 @@ impl Front {
             Ok(UpEnd::Closed) => (false, Ok(())),
             Err(e) => (false, Err(e)),
         };
-        if !owned {
-            // rumqttd sees the connection end, and sends the will itself.
-            self.sessions.release(&client_id, generation);
-            return result;
-        }
         if !normal {
             if let Some(w) = &will {
                 self.send_will(level, session.client(), &mut link.bw, w)
@@ -765,11 +735,8 @@ impl Front {
     }
 
     /// End a session another connection took over without resuming it: its will goes
-    /// out (rumqttd sends it when it holds it, as the connection closes).
+    /// out.
     async fn finish(&self, mut k: Kept) {
-        if !k.owned {
-            return;
-        }
         if let Some(w) = k.will.take() {
             let client = Client {
                 username: k.username.as_deref(),
@@ -778,46 +745,6 @@ impl Front {
             self.send_will(k.level, client, &mut k.link.bw, &w).await;
         }
         k.end().await;
-    }
-
-    /// A new connection to rumqttd, sent `connect`; returns once its CONNACK is in.
-    async fn open(&self, level: u8, connect: &[u8]) -> Result<Link, SessionError> {
-        let internal = if level == 5 {
-            self.policy.internal_v5
-        } else {
-            self.policy.internal_v4
-        };
-        let broker = TcpStream::connect(internal).await?;
-        let _ = broker.set_nodelay(true);
-        let local = broker.local_addr()?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&broker);
-        let (mut br, mut bw) = broker.into_split();
-        bw.write_all(connect).await?;
-        let mut buf = BytesMut::with_capacity(READ_BUF);
-        let af = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            read_frame(&mut br, &mut buf, p::MAX_REMAINING),
-        )
-        .await
-        .map_err(|_| SessionError::ConnectTimeout)??;
-        if af.kind != p::CONNACK || af.header != 2 {
-            return Err(SessionError::Protocol(
-                "the internal broker did not answer with CONNACK",
-            ));
-        }
-        let connack = buf[..af.len].to_vec();
-        buf.advance(af.len);
-        // rumqttd has accepted the connection by now: its end is a socket of this
-        // process too.
-        let nodelay = nodelay_on_peer(local);
-        Ok(Link {
-            br,
-            bw,
-            fd,
-            nodelay,
-            buf,
-            connack,
-        })
     }
 
     /// What an offline session keeps: the connection to rumqttd and the client's state;
@@ -850,7 +777,6 @@ impl Front {
             client_id: s.client_id.clone(),
             username: s.username.clone(),
             persistent: true,
-            owned: true,
             will: None,
             all_readable: s.all_readable.load(Ordering::Relaxed),
             link,
@@ -923,13 +849,7 @@ impl Front {
     }
 
     /// Publish a client's will, as rumqttd would have (the ACL still applies).
-    async fn send_will(
-        &self,
-        level: u8,
-        client: Client<'_>,
-        bw: &mut OwnedWriteHalf,
-        w: &OwnedWill,
-    ) {
+    async fn send_will(&self, level: u8, client: Client<'_>, bw: &mut LinkWriter, w: &OwnedWill) {
         if let Some(acl) = &self.policy.acl {
             if !acl.allows(client, &w.topic, Access::Write) {
                 log::debug!(
@@ -982,8 +902,6 @@ impl Front {
         self.parked.fetch_add(1, Ordering::Relaxed);
         let _parked = Slot(&self.parked);
         let ends = expiry.map(|d| tokio::time::Instant::now() + d);
-        let ping = tokio::time::sleep(BROKER_PING_EVERY);
-        tokio::pin!(ping);
         loop {
             if let Err(e) = self.queue_deliveries(&client_id, &mut kept).await {
                 log::debug!("broker: offline session of {client_id:?}: {e}");
@@ -1000,12 +918,6 @@ impl Front {
                         let _ = reply.send(kept);
                     }
                     return;
-                }
-                _ = &mut ping => {
-                    if kept.link.bw.write_all(&p::PINGREQ_PACKET).await.is_err() {
-                        break;
-                    }
-                    ping.as_mut().reset(tokio::time::Instant::now() + BROKER_PING_EVERY);
                 }
                 _ = async { match ends { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                     log::debug!("broker: the session of client {client_id:?} expired");
@@ -1115,11 +1027,11 @@ impl Front {
 
     /// Client → rumqttd.
     #[allow(clippy::too_many_arguments)]
-    async fn client_to_broker<R, W>(
+    async fn client_to_broker<R>(
         &self,
         s: &Session,
         mut cr: R,
-        bw: &mut W,
+        bw: &mut LinkWriter,
         mut buf: BytesMut,
         st: &mut UpState,
         mut inject: mpsc::Receiver<Vec<u8>>,
@@ -1128,15 +1040,11 @@ impl Front {
     ) -> Result<UpEnd, SessionError>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
     {
         let limit = self.packet_limit();
+        // Keepalive 0: the client may stay silent for ever.
         let enforced = s.keep_alive > 0;
-        let idle = if enforced {
-            Duration::from_millis(u64::from(s.keep_alive) * 1500)
-        } else {
-            BROKER_PING_EVERY
-        };
+        let idle = Duration::from_millis(u64::from(s.keep_alive.max(1)) * 1500);
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
         let flow = &*self.policy.flow;
@@ -1150,11 +1058,9 @@ impl Front {
                     Framing::Partial(n) => break n,
                     Framing::Packet(f) if f.kind == p::DISCONNECT => {
                         bw.write_all(&buf[start..pos]).await?;
-                        // MQTT 5 reason 0x04: "disconnect with will message".
+                        // MQTT 5 reason 0x04: "disconnect with will message". The
+                        // front ends the router's side itself, after any will.
                         let with_will = s.level == 5 && buf.get(pos + f.header) == Some(&0x04);
-                        if s.in_flight.is_none() {
-                            bw.write_all(&buf[pos..pos + f.len]).await?;
-                        }
                         return Ok(UpEnd::Disconnect { with_will });
                     }
                     Framing::Packet(f) => {
@@ -1219,14 +1125,7 @@ impl Front {
                     }
                 } => return Ok(UpEnd::Claimed(reply)),
                 Some(pkt) = inject.recv() => bw.write_all(&pkt).await?,
-                _ = &mut timer => {
-                    if enforced {
-                        return Err(SessionError::KeepAlive);
-                    }
-                    s.pings.fetch_add(1, Ordering::Relaxed);
-                    bw.write_all(&p::PINGREQ_PACKET).await?;
-                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                }
+                _ = &mut timer, if enforced => return Err(SessionError::KeepAlive),
             }
         }
     }
@@ -1505,12 +1404,10 @@ impl Front {
 
     /// rumqttd → client.
     #[allow(clippy::too_many_arguments)]
-    async fn broker_to_client<R, W>(
+    async fn broker_to_client<W>(
         &self,
         s: &Session,
-        br: &mut R,
-        // rumqttd's connection, to acknowledge at once (None: not needed).
-        quick_ack_fd: Option<std::os::fd::RawFd>,
+        br: &mut LinkReader,
         cw: &mut W,
         buf: &mut BytesMut,
         st: &mut DownState,
@@ -1518,7 +1415,6 @@ impl Front {
         to_broker: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError>
     where
-        R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         loop {
@@ -1576,9 +1472,6 @@ impl Front {
                     // rumqttd closed the connection (or it broke): the session is over.
                     if !matches!(n, Ok(n) if n > 0) {
                         return Ok(());
-                    }
-                    if let Some(fd) = quick_ack_fd {
-                        quick_ack(fd);
                     }
                 }
                 () = acked => {}
@@ -1695,17 +1588,6 @@ impl Front {
                 suback.append(&mut out);
                 Ok(Verdict::Replace(suback))
             }
-            p::PINGRESP => {
-                let answered = s
-                    .pings
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok();
-                Ok(if answered {
-                    Verdict::Drop
-                } else {
-                    Verdict::Forward
-                })
-            }
             _ => Ok(Verdict::Forward),
         }
     }
@@ -1799,92 +1681,5 @@ async fn read_frame<R: AsyncRead + Unpin>(
         if r.read_buf(buf).await? == 0 {
             return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
-    }
-}
-
-/// rumqttd never sets TCP_NODELAY on its sockets: with Nagle on, a small message waits
-/// for the ACK of the one before, and a delayed ACK holds it up (p99 ≈ 40 ms at a few
-/// thousand messages a second). rumqttd runs in this process, so its end of an internal
-/// connection is one of this process's file descriptors: the one whose peer is the
-/// front's end (`local`). Found newest first (rumqttd has just accepted it), it gets
-/// TCP_NODELAY. Returns whether it was found.
-fn nodelay_on_peer(local: SocketAddr) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    let mut fds: Vec<libc::c_int> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort_unstable_by(|a, b| b.cmp(a));
-    let SocketAddr::V4(local) = local else {
-        return false;
-    };
-    for fd in fds {
-        // SAFETY: getpeername on a descriptor number with a zeroed sockaddr_in and its
-        // length; a descriptor that is not a socket (or was closed since) only fails.
-        let peer = unsafe {
-            let mut addr: libc::sockaddr_in = std::mem::zeroed();
-            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let ok =
-                libc::getpeername(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len) == 0;
-            (ok && libc::c_int::from(addr.sin_family) == libc::AF_INET).then(|| {
-                (
-                    u32::from_be(addr.sin_addr.s_addr),
-                    u16::from_be(addr.sin_port),
-                )
-            })
-        };
-        if peer == Some((u32::from(*local.ip()), local.port())) {
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt on the socket just identified, with a c_int and its size.
-            let set = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_NODELAY,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            return set == 0;
-        }
-    }
-    false
-}
-
-/// When rumqttd's end of a connection could not be given TCP_NODELAY: acknowledging at
-/// once on the front's end lets its next small message go (Linux clears the flag again
-/// by itself, so it is set after every read).
-fn quick_ack(fd: std::os::fd::RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket this connection owns (it outlives the read half
-    // that was just read from), with a pointer to a c_int and its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_accepting_end_of_a_loopback_connection_gets_tcp_nodelay() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
-        assert!(!accepted.nodelay().expect("nodelay"));
-        assert!(nodelay_on_peer(client.local_addr().expect("local")));
-        assert!(accepted.nodelay().expect("nodelay"));
-        // No socket has this peer.
-        drop(accepted);
-        assert!(!nodelay_on_peer("127.0.0.1:1".parse().expect("addr")));
     }
 }

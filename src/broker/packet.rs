@@ -290,69 +290,8 @@ pub struct Will<'a> {
 
 /// v5 property id: session expiry interval.
 const SESSION_EXPIRY: u8 = 0x11;
-/// v5 property id: topic alias maximum.
-const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
 /// v5 property id: receive maximum.
 const RECEIVE_MAXIMUM: u8 = 0x21;
-
-/// The CONNECT the front sends rumqttd for a client: always a clean session (the front
-/// keeps persistent sessions itself), under `client_id` (the front's own, unique per
-/// connection), with `keep_alive`, and the client's will only when `will` is set.
-/// An MQTT 5 client's Topic Alias Maximum is not passed on: rumqttd 0.20 gives one
-/// alias to all messages of a subscription filter and leaves their topic out, so a
-/// wildcard subscriber would see every message under the first topic.
-pub fn connect_for_broker(
-    c: &Connect<'_>,
-    client_id: &str,
-    keep_alive: u16,
-    will: bool,
-) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', c.level];
-    let mut flags = 0x02;
-    if c.username.is_some() {
-        flags |= 0x80;
-    }
-    if c.password.is_some() {
-        flags |= 0x40;
-    }
-    let will = c.will.as_ref().filter(|_| will);
-    if let Some(w) = will {
-        flags |= 0x04 | (w.qos << 3) | if w.retain { 0x20 } else { 0 };
-    }
-    body.push(flags);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    if c.level == 5 {
-        let mut props = Vec::with_capacity(c.properties.len());
-        // Parsed whole by parse_connect, so the walk cannot fail here.
-        let _ = walk_properties(c.properties, "CONNECT", |id, _, span| {
-            if id != TOPIC_ALIAS_MAXIMUM {
-                props.extend_from_slice(&c.properties[span]);
-            }
-        });
-        put_varint(&mut body, props.len());
-        body.extend_from_slice(&props);
-    }
-    fn put(body: &mut Vec<u8>, b: &[u8]) {
-        body.extend_from_slice(&(b.len() as u16).to_be_bytes());
-        body.extend_from_slice(b);
-    }
-    put(&mut body, client_id.as_bytes());
-    if let Some(w) = will {
-        if c.level == 5 {
-            put_varint(&mut body, w.properties.len());
-            body.extend_from_slice(w.properties);
-        }
-        put(&mut body, w.topic.as_bytes());
-        put(&mut body, w.payload);
-    }
-    if let Some(u) = c.username {
-        put(&mut body, u.as_bytes());
-    }
-    if let Some(pw) = c.password {
-        put(&mut body, pw);
-    }
-    packet(CONNECT << 4, &body)
-}
 
 /// Parse a whole CONNECT packet (fixed header included). Only the protocol name and
 /// level are read for a level other than 4 or 5 (everything else is then empty).
