@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -932,14 +932,7 @@ impl Front {
     /// Acknowledge and queue every whole packet rumqttd sent an offline session.
     async fn queue_deliveries(&self, client_id: &str, kept: &mut Kept) -> Result<(), SessionError> {
         let mut acks = Vec::new();
-        loop {
-            let f = match p::frame(&kept.link.buf, p::MAX_REMAINING + 5)? {
-                Framing::Packet(f) => f,
-                Framing::Partial(n) => {
-                    reserve(&mut kept.link.buf, n);
-                    break;
-                }
-            };
+        while let Framing::Packet(f) = p::frame(&kept.link.buf, p::MAX_REMAINING + 5)? {
             let pkt = &kept.link.buf[..f.len];
             match f.kind {
                 p::PUBLISH => {
@@ -1104,9 +1097,11 @@ impl Front {
                 bw.write_all(&buf[start..pos]).await?;
             }
             buf.advance(pos);
-            reserve(&mut buf, need);
+            // Held back: nothing is read, and the buffer does not grow meanwhile.
+            let room = if blocked { 0 } else { reserve(&mut buf, need) };
+            let mut room = (&mut buf).limit(room);
             tokio::select! {
-                n = cr.read_buf(&mut buf), if !blocked => {
+                n = cr.read_buf(&mut room), if !blocked => {
                     if n? == 0 {
                         return Ok(UpEnd::Closed);
                     }
@@ -1423,15 +1418,16 @@ impl Front {
             // A delivery waits for the client's window (when it is a small one).
             let mut blocked = false;
             let mut delivered = 0;
-            let need = loop {
+            // The router's packets come whole (a link buffer grows as they are added).
+            loop {
                 match p::frame(&buf[pos..], p::MAX_REMAINING + 5)? {
-                    Framing::Partial(n) => break n,
+                    Framing::Partial(_) => break,
                     Framing::Packet(f) => {
                         let qos1 = f.kind == p::PUBLISH && (f.flags >> 1) & 0x03 > 0;
                         let counted = qos1.then_some(s.window.as_ref()).flatten();
                         if counted.is_some_and(|w| !w.take()) {
                             blocked = true;
-                            break None;
+                            break;
                         }
                         delivered += u64::from(f.kind == p::PUBLISH);
                         let end = pos + f.len;
@@ -1453,14 +1449,13 @@ impl Front {
                         pos = end;
                     }
                 }
-            };
+            }
             if start < pos {
                 cw.write_all(&buf[start..pos]).await?;
             }
             cw.flush().await?;
             self.policy.flow.delivered(&s.lag, delivered);
             buf.advance(pos);
-            reserve(buf, need);
             let acked = async {
                 match &s.window {
                     Some(w) if blocked => w.acked.notified().await,
@@ -1659,12 +1654,15 @@ fn send(tx: &mpsc::Sender<Vec<u8>>, pkt: Vec<u8>) -> Result<(), SessionError> {
     tx.try_send(pkt).map_err(|_| SessionError::Stalled)
 }
 
-/// Room for the next read: the rest of a packet whose length is known, or a read buffer.
-fn reserve(buf: &mut BytesMut, need: Option<usize>) {
+/// Room for the next read from a client, which reads no more than that: the rest of a
+/// packet whose length is known, or a read buffer. (A read as large as the spare
+/// capacity would let a buffer that is held back with data in it double each time.)
+fn reserve(buf: &mut BytesMut, need: Option<usize>) -> usize {
     let want = need.map_or(READ_BUF, |n| n.saturating_sub(buf.len()).max(READ_BUF / 4));
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
     }
+    want
 }
 
 /// Read until `buf` starts with a whole packet.
@@ -1674,11 +1672,11 @@ async fn read_frame<R: AsyncRead + Unpin>(
     limit: usize,
 ) -> Result<Frame, SessionError> {
     loop {
-        match p::frame(buf, limit)? {
+        let room = match p::frame(buf, limit)? {
             Framing::Packet(f) => return Ok(f),
             Framing::Partial(n) => reserve(buf, n),
-        }
-        if r.read_buf(buf).await? == 0 {
+        };
+        if r.read_buf(&mut (&mut *buf).limit(room)).await? == 0 {
             return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }

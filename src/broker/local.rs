@@ -36,6 +36,14 @@ use rumqttd::Notification;
 const TOPIC_ALIAS_MAX: u16 = 4096;
 /// What one [`LinkReader::read_buf`] call gathers at most before it returns.
 const READ_CHUNK: usize = 64 * 1024;
+/// Packets a link's buffer may hold that the router has not taken yet; a writer with
+/// this many waits (as a full socket buffer would make it). The buffer is a
+/// `VecDeque<Packet>` of ~200 B per packet (whatever the payload), and it keeps its
+/// largest size: unbounded, ten flat-out publishers grew them to ~6 MiB.
+const LINK_BACKLOG: usize = 256;
+/// How often a writer over [`LINK_BACKLOG`] yields before it sleeps (the router
+/// usually takes the buffer within microseconds).
+const BACKLOG_YIELDS: u32 = 16;
 
 /// rumqttd's router, for the front's connections.
 #[derive(Clone)]
@@ -144,10 +152,20 @@ pub struct LinkWriter {
 }
 
 impl LinkWriter {
-    /// Pass `bytes` (MQTT packets, as a client sends them) to the router. Never waits,
-    /// except on the router's queue when it is full.
+    /// Pass `bytes` (MQTT packets, as a client sends them) to the router; waits while
+    /// the router is [`LINK_BACKLOG`] packets behind on this link.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.write(bytes)
+        self.write(bytes)?;
+        let mut yields = 0;
+        while self.tx.buffer().len() >= LINK_BACKLOG && !self.gone.load(Ordering::Relaxed) {
+            if yields < BACKLOG_YIELDS {
+                yields += 1;
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
     }
 
     /// End the connection normally (the router drops its subscriptions).
