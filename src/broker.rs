@@ -223,6 +223,20 @@ pub fn client_addr(listen: SocketAddr) -> SocketAddr {
     }
 }
 
+/// rumqttd's router for `max_connections` clients.
+fn router_config(max_connections: usize) -> RouterConfig {
+    RouterConfig {
+        // Clients, and as many offline sessions (each keeps its link).
+        max_connections: 2 * max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
+        max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
+        max_segment_size: SEGMENT_SIZE,
+        max_segment_count: SEGMENT_COUNT,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    }
+}
+
 /// The front's listeners: `listen`, `listen_v5`, `listen_tls`.
 async fn bind_listeners(
     cfg: &BrokerConfig,
@@ -327,16 +341,7 @@ pub async fn start(
             RetainedStore::default()
         }
     });
-    let router = RouterConfig {
-        // Clients, and as many offline sessions (each keeps its connection to rumqttd).
-        max_connections: 2 * cfg.max_connections + INTERNAL_LINKS + INTERNAL_SPARE_CONNECTIONS,
-        max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
-        max_segment_size: SEGMENT_SIZE,
-        max_segment_count: SEGMENT_COUNT,
-        custom_segment: None,
-        initialized_filters: None,
-        shared_subscriptions_strategy: Default::default(),
-    };
+    let router = router_config(cfg.max_connections);
     // Only the router: no listener of rumqttd's (`start()` is never called), every
     // client comes through the front on a local link.
     let config = rumqttd::Config {
