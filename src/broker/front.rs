@@ -604,7 +604,7 @@ impl Front {
                 (k.link, up_st, down_st, Some(k.queue), k.joined)
             }
             None => {
-                let link = match self.policy.router.connect(internal_id, level).await {
+                let link = match self.policy.router.connect(&internal_id, level) {
                     Ok((br, bw)) => Link {
                         br,
                         bw,
