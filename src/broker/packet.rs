@@ -594,8 +594,6 @@ pub fn ack_pkid(pkt: &[u8], f: &Frame) -> Option<u16> {
     Some(u16::from_be_bytes([b[0], b[1]]))
 }
 
-pub const PINGREQ_PACKET: [u8; 2] = [0xc0, 0];
-
 /// A DISCONNECT (normal disconnection) of protocol `level`.
 pub fn disconnect(level: u8) -> Vec<u8> {
     if level == 5 {
