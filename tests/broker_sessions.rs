@@ -384,3 +384,81 @@ async fn a_clean_client_id_taken_over_closes_the_older_connection() {
         assert_eq!(paho_get(&lines, "connack"), Some(&json!(0)));
     }
 }
+
+/// The wills of clean sessions are the front's to send too (rumqttd's router holds
+/// none): a client that vanishes, and an MQTT 5 client that disconnects "with will
+/// message" (0x04), have theirs published; clients that disconnect normally do not.
+#[tokio::test(flavor = "multi_thread")]
+async fn clean_sessions_get_their_wills_sent_only_when_they_should() {
+    let s = Setup::new("");
+    let _d = s.start();
+    let a = s.addr();
+    let watcher = Sub::connect(a, "watcher", "will/#").await;
+    for args in [
+        &[
+            "--id",
+            "normal",
+            "--wait",
+            "0",
+            "--will",
+            "will/normal",
+            "x",
+        ][..],
+        &[
+            "--v5",
+            "--id",
+            "normal5",
+            "--wait",
+            "0",
+            "--will",
+            "will/normal5",
+            "x",
+        ],
+        &[
+            "--id",
+            "dropped",
+            "--wait",
+            "0",
+            "--drop",
+            "--will",
+            "will/dropped",
+            "gone",
+        ],
+        &[
+            "--v5",
+            "--id",
+            "asked",
+            "--wait",
+            "0",
+            "--disconnect-with-will",
+            "--will",
+            "will/asked",
+            "bye",
+        ],
+    ] {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let lines = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            paho(a, &args)
+        })
+        .await
+        .expect("paho");
+        assert_eq!(paho_get(&lines, "connack"), Some(&json!(0)), "{lines:?}");
+    }
+    for (topic, payload) in [("will/dropped", "gone"), ("will/asked", "bye")] {
+        assert!(
+            watcher
+                .wait_for(WAIT, |m| m.topic == topic && m.payload == payload)
+                .await
+                .is_some(),
+            "no will on {topic}: {:?}",
+            watcher.messages()
+        );
+    }
+    // The normal disconnects came first: a will of theirs would be here by now.
+    let topics: Vec<String> = watcher.messages().into_iter().map(|m| m.topic).collect();
+    assert!(
+        !topics.iter().any(|t| t.starts_with("will/normal")),
+        "{topics:?}"
+    );
+}

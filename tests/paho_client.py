@@ -12,12 +12,13 @@ usage: paho_client.py HOST PORT [--v5] [--id ID] [--user U] [--password P]
          [--keepalive S] [--sub FILTER]... [--qos Q] [--rh 0|1|2] [--pub TOPIC PAYLOAD]...
          [--count N] [--wait S] [--cafile F] [--cert F --key F]
          [--persistent [--expiry S]] [--no-ack] [--will TOPIC PAYLOAD [--will-retain]]
-         [--drop]
+         [--drop | --disconnect-with-will]
 Listens for --count messages or --wait seconds (default 2) after its publishes.
 --persistent: 3.1.1 clean session off / MQTT 5 clean start off with a session expiry
 (--expiry, default 3600 s); the connack line then says "session_present" too.
 --no-ack: never acknowledge a QoS 1 message. --drop: end by closing the socket
-without DISCONNECT (the broker sends the will).
+without DISCONNECT (the broker sends the will). --disconnect-with-will: MQTT 5
+DISCONNECT with reason 0x04 (the broker sends the will too).
 """
 import argparse
 import json
@@ -49,6 +50,7 @@ ap.add_argument("--no-ack", action="store_true")
 ap.add_argument("--will", nargs=2)
 ap.add_argument("--will-retain", action="store_true")
 ap.add_argument("--drop", action="store_true")
+ap.add_argument("--disconnect-with-will", action="store_true")
 ap.add_argument("--alias-max", type=int, default=0, help="v5 topic alias maximum")
 a = ap.parse_args()
 
@@ -162,6 +164,12 @@ if not state["closed"]:
     state["closed"] = True
     if a.drop:
         client.socket().close()
+    elif a.disconnect_with_will:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+        client.loop(0.1)
     else:
         client.disconnect()
         client.loop(0.1)
