@@ -6,7 +6,9 @@
 //! steady 5 000 msgs/s that cost two more socket writes and reads and three more thread
 //! wake-ups per message than mosquitto's one (rumqttd's network task, its router, the
 //! front's task on the other side), and 2–3× mosquitto's CPU per message. Now a message
-//! goes client socket → front task → router thread → front task → client socket.
+//! goes client socket → front task → router thread → front task → client socket
+//! (≈ 1.7–2× mosquitto's CPU per message: the router's own thread is still a hop, see
+//! benches/README.md, session 4).
 //!
 //! rumqttd 0.20's `LinkTx::send` pushes a packet into the link's buffer and queues one
 //! event per packet on the router's bounded channel (1000), blocking when it is full.
@@ -54,6 +56,22 @@ const BACKLOG_RECHECK: Duration = Duration::from_millis(1);
 struct Progress {
     waiting: AtomicUsize,
     notify: Notify,
+}
+
+/// One writer waiting in [`Progress`], for as long as this lives.
+struct Waiting<'a>(&'a Progress);
+
+impl<'a> Waiting<'a> {
+    fn new(p: &'a Progress) -> Waiting<'a> {
+        p.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(p)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// rumqttd's router, for the front's connections.
@@ -177,13 +195,13 @@ impl LinkWriter {
         self.write(bytes)?;
         while self.backlogged() {
             let progress = self.progress.clone();
-            progress.waiting.fetch_add(1, Ordering::SeqCst);
+            // Counted while waiting, also when the wait is cancelled.
+            let _waiting = Waiting::new(&progress);
             let mut notified = pin!(progress.notify.notified());
             notified.as_mut().enable();
             if self.backlogged() {
                 let _ = tokio::time::timeout(BACKLOG_RECHECK, notified).await;
             }
-            progress.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         Ok(())
     }
