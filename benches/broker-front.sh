@@ -56,18 +56,7 @@ fi
 [[ -x $SENSORGATE ]] || die "$SENSORGATE not found (BUILD=1, or set SENSORGATE)"
 [[ -x $MQTT_LOAD ]] || die "$MQTT_LOAD not found (BUILD=1, or set MQTT_LOAD)"
 
-TMP=$(mktemp -d /tmp/broker-front.XXXXXX)
-PIDS=()
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then echo "broker-front: files kept in $TMP" >&2; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+start_tmp
 
 # The same users and rules for both brokers.
 mosquitto_passwd -c -b "$TMP/passwd" bench bench-secret >/dev/null

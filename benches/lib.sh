@@ -55,3 +55,21 @@ wait_port() {
     done
     return 1
 }
+
+# A temporary directory TMP and a list PIDS of processes the script starts: on exit every
+# PID is stopped and TMP removed (kept when KEEP_TMP=1 or the script failed). INT and TERM
+# end the script the usual way.
+start_tmp() {
+    TMP=$(mktemp -d "/tmp/${BENCH:-bench}.XXXXXX")
+    PIDS=()
+    trap _cleanup_tmp EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+_cleanup_tmp() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ ${KEEP_TMP:-0} == 1 || $rc != 0 ]]; then echo "${BENCH:-bench}: files kept in $TMP" >&2; else rm -rf "$TMP"; fi
+    exit "$rc"
+}

@@ -46,18 +46,7 @@ esac
 [[ -x $SENSORGATE ]] || die "$SENSORGATE not found (cargo build --release -p sensorgate)"
 [[ -x $MQTT_LOAD ]] || die "$MQTT_LOAD not found (cargo build --release -p sensorgate-mqtt-load)"
 
-TMP=$(mktemp -d /tmp/profile.XXXXXX)
-PIDS=()
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then echo "profile: files kept in $TMP" >&2; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+start_tmp
 
 PORT=$(free_port)
 mkdir -p "$TMP/state"
