@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{mosquitto_passwd, paho, paho_get, paho_topics, Setup, Sub};
+use common::{mosquitto_passwd, paho, paho_async, paho_get, paho_topics, Setup, Sub};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -241,13 +241,7 @@ async fn a_payload_over_max_payload_size_disconnects_that_client_only() {
         if v5 {
             args.push("--v5");
         }
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let lines = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            paho(a, &args)
-        })
-        .await
-        .expect("paho");
+        let lines = paho_async(a, &args).await;
         assert_eq!(connack(&lines), Some(0));
         assert!(paho_get(&lines, "closed").is_some(), "{lines:?}");
     }

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{paho, paho_get, paho_topics, Setup, Sub};
+use common::{paho, paho_async, paho_get, paho_topics, Setup, Sub};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -436,13 +436,7 @@ async fn clean_sessions_get_their_wills_sent_only_when_they_should() {
             "bye",
         ],
     ] {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let lines = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            paho(a, &args)
-        })
-        .await
-        .expect("paho");
+        let lines = paho_async(a, args).await;
         assert_eq!(paho_get(&lines, "connack"), Some(&json!(0)), "{lines:?}");
     }
     for (topic, payload) in [("will/dropped", "gone"), ("will/asked", "bye")] {

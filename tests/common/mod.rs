@@ -611,6 +611,17 @@ pub fn gaps_and_duplicates(values: &[i64]) -> (Vec<i64>, usize) {
     (gaps, dups)
 }
 
+/// [`paho`] from async code: runs on a blocking thread, with its own copy of `args`.
+pub async fn paho_async(addr: SocketAddr, args: &[&str]) -> Vec<serde_json::Value> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        paho(addr, &args)
+    })
+    .await
+    .expect("paho")
+}
+
 /// Run `tests/paho_client.py` against `addr` with `args`; returns its JSON lines (see the
 /// script). The process is killed if it runs over 60 s.
 pub fn paho(addr: SocketAddr, args: &[&str]) -> Vec<serde_json::Value> {
