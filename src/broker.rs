@@ -324,7 +324,8 @@ pub async fn start(
     // Bound now for a clear "address in use" at start, and let go again: a listener that
     // is bound but not yet served queues connections, and a client that tried every few
     // milliseconds meanwhile would come out of the queue as a burst of connects and use
-    // up its connect-rate tokens. They are bound for good once rumqttd answers.
+    // up its connect-rate tokens. They are bound for good once the router and the
+    // daemon's own links are set up.
     drop(bind_listeners(cfg).await?);
     // A subscriber may get half a log behind before publishers wait for it.
     let flow = Arc::new(Flow::new((SEGMENT_SIZE / 2) as u64));

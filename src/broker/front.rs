@@ -888,9 +888,9 @@ impl Front {
         let _ = bw.write_all(&pkt).await;
     }
 
-    /// An offline session: keep rumqttd's connection alive, acknowledge and queue what it
-    /// delivers, until the client id connects again, the session expires (MQTT 5), or
-    /// rumqttd closes the connection.
+    /// An offline session: keep its link to rumqttd's router, acknowledge and queue what
+    /// the router delivers, until the client id connects again, the session expires
+    /// (MQTT 5), or the router drops the link.
     async fn offline(
         self: Arc<Self>,
         client_id: String,

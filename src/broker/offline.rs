@@ -4,7 +4,7 @@
 //! rumqttd 0.20 keeps an offline session's messages only in its per-filter commit log (a
 //! subscriber further behind than the log silently misses the rest) and has neither a
 //! count limit nor an age limit. So rumqttd only ever sees clean sessions: when a client
-//! with a persistent session goes away, the front keeps its connection to rumqttd open
+//! with a persistent session goes away, the front keeps its link to rumqttd's router
 //! (the subscriptions stay), acknowledges what rumqttd delivers, and queues it here,
 //! within `max_queued_messages` and `message_expiry`, until the client comes back.
 
