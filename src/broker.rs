@@ -21,6 +21,7 @@
 //! front.
 
 pub mod acl;
+pub mod direct;
 pub mod flow;
 pub mod front;
 pub mod local;
@@ -285,8 +286,9 @@ fn policy(
     let acl = if cfg.acl_file.is_empty() {
         None
     } else {
-        Some(Acl::load(std::path::Path::new(&cfg.acl_file))?)
+        Some(Arc::new(Acl::load(std::path::Path::new(&cfg.acl_file))?))
     };
+    let direct = Arc::new(direct::Table::new(acl.clone(), flow.clone()));
     Ok(Policy {
         passwords,
         acl,
@@ -301,6 +303,7 @@ fn policy(
         retained,
         flow,
         router,
+        direct,
     })
 }
 
@@ -357,20 +360,17 @@ pub async fn start(
     let (sub_tx, sub_rx) = router
         .link("sensorgate-subscriber")
         .map_err(|e| BrokerError::Link(e.to_string()))?;
-    let front = Arc::new(Front::new(policy(
-        cfg,
-        router,
-        retained.clone(),
-        flow.clone(),
-    )?));
+    let policy = policy(cfg, router, retained.clone(), flow.clone())?;
+    let table = policy.direct.clone();
+    let front = Arc::new(Front::new(policy));
 
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let subscribers: Subscribers = Arc::default();
     std::thread::Builder::new()
         .name("broker-pub".into())
         .spawn({
-            let (retained, flow) = (retained.clone(), flow.clone());
-            move || publish_thread(command_rx, pub_tx, sub_tx, retained, flow)
+            let (retained, flow, table) = (retained.clone(), flow.clone(), table.clone());
+            move || publish_thread(command_rx, pub_tx, sub_tx, retained, flow, table)
         })?;
     std::thread::Builder::new()
         .name("broker-drain".into())
@@ -384,6 +384,8 @@ pub async fn start(
 
     let link_filters = topic::plan(internal);
     for f in &link_filters {
+        // The daemon's own subscriptions are the router's.
+        table.router_add(f);
         commands
             .send(Command::Subscribe(f.clone()))
             .await
@@ -434,6 +436,7 @@ fn publish_thread(
     mut sub_tx: LinkTx,
     retained: Arc<RetainedStore>,
     flow: Arc<Flow>,
+    table: Arc<direct::Table>,
 ) {
     // `LinkTx::send` is an `async fn` that never waits on anything but the router's
     // (blocking) queue, so a current-thread runtime on this thread is all it needs.
@@ -446,6 +449,7 @@ fn publish_thread(
     };
     rt.block_on(async move {
         let mut routes = Routes::default();
+        let mut direct_routes = direct::Routes::default();
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Publish(messages, ack) => {
@@ -462,6 +466,14 @@ fn publish_thread(
                         }
                         if flow.active() {
                             flow.route(&mut routes, &m.topic, m.topic.len() + m.payload.len());
+                        }
+                        let message = direct::Message {
+                            topic: &m.topic,
+                            properties: &[],
+                            payload: &m.payload,
+                        };
+                        if !table.publish(&mut direct_routes, None, &message) {
+                            continue;
                         }
                         let topic = Bytes::from(m.topic.into_bytes());
                         // Without the flag: the front hands out retained messages.

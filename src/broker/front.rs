@@ -28,12 +28,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 
 use super::acl::{Access, Acl, Client};
+use super::direct::{self, Target};
 use super::flow::{Flow, Lag, Routes};
 use super::local::{self, LinkReader, LinkWriter, Router};
 use super::offline::{OfflineQueue, Queued, Registry};
 use super::packet::{self as p, Frame, Framing, PacketError};
 use super::passwd::PasswordFile;
 use super::retained::{Retained, RetainedStore};
+use crate::topic;
 
 /// How long a client may take from its TCP connect to a whole CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +63,9 @@ const KEEPALIVE_TOO_LONG: (u8, u8) = (2, 0x82);
 /// SUBACK failure codes: 3.1.1 has only 0x80; v5 says why.
 const SUB_FAILED: u8 = 0x80;
 const SUB_NOT_AUTHORIZED_V5: u8 = 0x87;
+const SUB_INVALID_FILTER_V5: u8 = 0x8f;
+/// v5 UNSUBACK reason "no subscription existed".
+const NO_SUBSCRIPTION_EXISTED_V5: u8 = 0x11;
 /// v5 DISCONNECT reason "packet too large".
 const PACKET_TOO_LARGE: u8 = 0x95;
 /// v5 DISCONNECT reason "session taken over".
@@ -81,7 +86,7 @@ const CONNACK_CODE_AT: usize = 3;
 /// What the front enforces (from `[broker]`).
 pub struct Policy {
     pub passwords: Option<PasswordFile>,
-    pub acl: Option<Acl>,
+    pub acl: Option<Arc<Acl>>,
     pub allow_anonymous: bool,
     pub max_connections: usize,
     pub max_subscriptions: usize,
@@ -99,6 +104,8 @@ pub struct Policy {
     pub flow: Arc<Flow>,
     /// rumqttd's router, which every client is connected to in process.
     pub router: Router,
+    /// QoS 0 subscriptions, routed by the front (shared with the daemon's own publisher).
+    pub direct: Arc<direct::Table>,
 }
 
 /// The front's shared state: one for all listeners.
@@ -140,15 +147,8 @@ struct Kept {
     queue: OfflineQueue,
     /// Its place in the flow control (the offline session keeps receiving).
     joined: Joined,
-}
-
-impl Kept {
-    /// End the session: rumqttd is told the connection ends normally (it holds no will
-    /// of a kept session anyway) and forgets its subscriptions.
-    async fn end(&mut self) {
-        let _ = self.link.bw.write_all(&p::disconnect(self.level)).await;
-        let _ = self.link.bw.shutdown().await;
-    }
+    /// Its QoS 0 subscriptions (its mailbox is closed while it is offline).
+    target: Arc<Target>,
 }
 
 /// A CONNECT's will, owned.
@@ -238,6 +238,8 @@ struct Session {
     window: Option<Window>,
     /// This client as a subscriber, for flow control.
     lag: Arc<Lag>,
+    /// Its QoS 0 subscriptions and their mailbox.
+    target: Arc<Target>,
 }
 
 /// A subscriber's place in the flow control, given up on drop.
@@ -288,15 +290,24 @@ impl Window {
     }
 }
 
-/// A SUBSCRIBE waiting for rumqttd's SUBACK.
+/// A SUBSCRIBE waiting for its SUBACK (rumqttd's, or the front's when no filter goes
+/// to the router).
 struct PendingSub {
-    /// Per original filter: the code when the front refused it (None = forwarded; the
-    /// code comes from rumqttd).
+    /// Per original filter: the code when the front decided (refused it, or granted it
+    /// as its own QoS 0 subscription); None = forwarded, the code comes from rumqttd.
     codes: Vec<Option<u8>>,
-    /// Per original filter: the filter, its options byte, and whether the client was
-    /// subscribed to it already (MQTT 5 retain handling 1).
-    filters: Vec<(String, u8, bool)>,
+    filters: Vec<Planned>,
     subscription_id: Option<u32>,
+}
+
+/// One filter of a pending SUBSCRIBE.
+struct Planned {
+    filter: String,
+    options: u8,
+    /// The client was subscribed to it already (MQTT 5 retain handling 1).
+    existed: bool,
+    /// A QoS 0 subscription of the front's ([`direct`]).
+    direct: bool,
 }
 
 /// Packet ids above [`BROKER_MAX_PKID`] in use for the front's own QoS 1 deliveries.
@@ -339,6 +350,16 @@ enum Verdict {
     Forward,
     Drop,
     Replace(Vec<u8>),
+    /// A PUBLISH the front delivered to every subscription itself: not for the router.
+    Delivered,
+}
+
+/// What the client → broker direction hands the other direction to send.
+enum Out {
+    Packet(Vec<u8>),
+    /// A SUBSCRIBE the router does not see: the SUBACK (and the retained messages) for
+    /// the pending subscription with this packet id.
+    Subscribed(u16),
 }
 
 impl Front {
@@ -529,6 +550,7 @@ impl Front {
                 (limit < BROKER_MAX_PKID).then(|| Window::new(u32::from(limit)))
             },
             lag: Arc::default(),
+            target: Arc::default(),
         };
         let password = c.password.map(<[u8]>::to_vec);
         let keep_alive = c.keep_alive;
@@ -592,7 +614,7 @@ impl Front {
             None => None,
         };
 
-        let (mut link, mut up_st, mut down_st, queue, joined) = match resumed {
+        let (mut link, mut up_st, mut down_st, queue, joined, target) = match resumed {
             Some(k) => {
                 session
                     .all_readable
@@ -601,7 +623,8 @@ impl Front {
                 up_st.aliases = Aliases::default();
                 let mut down_st = k.down;
                 down_st.aliases = Aliases::default();
-                (k.link, up_st, down_st, Some(k.queue), k.joined)
+                k.target.open();
+                (k.link, up_st, down_st, Some(k.queue), k.joined, k.target)
             }
             None => {
                 let link = match self.policy.router.connect(&internal_id, level) {
@@ -617,8 +640,15 @@ impl Front {
                 };
                 let flow = self.policy.flow.clone();
                 let lag = flow.join();
+                let target = self.policy.direct.join(
+                    level,
+                    &client_id,
+                    session.username.as_deref(),
+                    lag.clone(),
+                );
                 let joined = Joined(flow, lag);
-                (link, UpState::default(), DownState::default(), None, joined)
+                let (up, down) = (UpState::default(), DownState::default());
+                (link, up, down, None, joined, target)
             }
         };
         let mut connack = local::connack(level);
@@ -654,6 +684,7 @@ impl Front {
         let session = Session {
             in_flight,
             lag: joined.1.clone(),
+            target,
             ..session
         };
         let (to_client, to_client_rx) = mpsc::channel(INJECT_QUEUE);
@@ -683,6 +714,7 @@ impl Front {
         };
         let (normal, result) = match end {
             Ok(UpEnd::BrokerClosed) => {
+                self.forget(&session.target, &up_st);
                 self.sessions.release(&client_id, generation);
                 return Ok(());
             }
@@ -723,10 +755,12 @@ impl Front {
                     "broker: {} offline sessions kept already (max_connections); the session of client {client_id:?} ends",
                     self.policy.max_connections
                 );
+                self.forget(&session.target, &up_st);
                 self.sessions.release(&client_id, generation);
                 let _ = link.bw.write_all(&p::disconnect(level)).await;
             }
             None => {
+                self.forget(&session.target, &up_st);
                 self.sessions.release(&client_id, generation);
                 let _ = link.bw.write_all(&p::disconnect(level)).await;
             }
@@ -744,7 +778,25 @@ impl Front {
             };
             self.send_will(k.level, client, &mut k.link.bw, &w).await;
         }
-        k.end().await;
+        self.end(&mut k).await;
+    }
+
+    /// End a kept session: rumqttd is told the connection ends normally (it holds no
+    /// will of a kept session anyway) and forgets its subscriptions; so does the front.
+    async fn end(&self, k: &mut Kept) {
+        self.forget(&k.target, &k.up);
+        let _ = k.link.bw.write_all(&p::disconnect(k.level)).await;
+        let _ = k.link.bw.shutdown().await;
+    }
+
+    /// A session is over: its QoS 0 subscriptions go, and the router's count of its
+    /// other filters.
+    fn forget(&self, target: &Arc<Target>, up: &UpState) {
+        let table = &self.policy.direct;
+        table.leave(target);
+        for filter in up.subscriptions.difference(&up.direct) {
+            table.router_remove(filter);
+        }
     }
 
     /// What an offline session keeps: the connection to rumqttd and the client's state;
@@ -772,6 +824,7 @@ impl Front {
             let _ = link.bw.write_all(&acks).await;
         }
         queue.push_in_flight(in_flight.into_iter().map(|(_, q)| q).collect());
+        s.target.close();
         Kept {
             level: s.level,
             client_id: s.client_id.clone(),
@@ -784,6 +837,7 @@ impl Front {
             down,
             queue,
             joined,
+            target: s.target.clone(),
         }
     }
 
@@ -875,6 +929,15 @@ impl Front {
                 },
             );
         }
+        let message = direct::Message {
+            topic: &w.topic,
+            properties: &properties,
+            payload: &w.payload,
+        };
+        let routes = &mut direct::Routes::default();
+        if !self.policy.direct.publish(routes, None, &message) && w.qos == 0 {
+            return;
+        }
         let pkt = p::publish(
             level,
             &w.topic,
@@ -905,11 +968,13 @@ impl Front {
         loop {
             if let Err(e) = self.queue_deliveries(&client_id, &mut kept).await {
                 log::debug!("broker: offline session of {client_id:?}: {e}");
+                self.forget(&kept.target, &kept.up);
                 break;
             }
             tokio::select! {
                 n = kept.link.br.read_buf(&mut kept.link.buf) => {
                     if !matches!(n, Ok(n) if n > 0) {
+                        self.forget(&kept.target, &kept.up);
                         break;
                     }
                 }
@@ -921,7 +986,7 @@ impl Front {
                 }
                 _ = async { match ends { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                     log::debug!("broker: the session of client {client_id:?} expired");
-                    kept.end().await;
+                    self.end(&mut kept).await;
                     break;
                 }
             }
@@ -1028,7 +1093,7 @@ impl Front {
         mut buf: BytesMut,
         st: &mut UpState,
         mut inject: mpsc::Receiver<Vec<u8>>,
-        to_client: mpsc::Sender<Vec<u8>>,
+        to_client: mpsc::Sender<Out>,
         mut claim: Option<&mut oneshot::Receiver<oneshot::Sender<Kept>>>,
     ) -> Result<UpEnd, SessionError>
     where
@@ -1079,8 +1144,10 @@ impl Front {
                         }
                         match verdict {
                             Verdict::Forward => {}
-                            Verdict::Drop => {
-                                bw.write_all(&buf[start..pos]).await?;
+                            Verdict::Drop | Verdict::Delivered => {
+                                if start < pos {
+                                    bw.write_all(&buf[start..pos]).await?;
+                                }
                                 start = end;
                             }
                             Verdict::Replace(new) => {
@@ -1131,48 +1198,76 @@ impl Front {
         st: &mut UpState,
         pkt: &[u8],
         f: &Frame,
-        to_client: &mpsc::Sender<Vec<u8>>,
+        to_client: &mpsc::Sender<Out>,
     ) -> Result<Verdict, SessionError> {
         match f.kind {
             p::PUBLISH => {
-                let acl = self.policy.acl.as_ref();
                 let retain = f.flags & 0x01 != 0;
-                // 3.1.1 without ACL or retain flag: nothing to learn from it (a v5
-                // PUBLISH may define a topic alias that a later retained one uses).
-                if !retain
-                    && s.level == 4
-                    && acl.is_none()
-                    && f.len - f.header <= self.policy.max_payload
-                {
-                    return Ok(Verdict::Forward);
-                }
                 let publish = p::parse_publish(pkt, f, s.level)?;
                 if publish.payload.len() > self.policy.max_payload {
                     return Err(SessionError::PayloadTooLarge(publish.payload.len()));
                 }
                 let topic = st.aliases.resolve(publish.topic, publish.topic_alias);
-                if let Some(acl) = acl {
+                if topic.is_empty() {
+                    // An alias the client never defined: rumqttd's to answer.
+                    return Ok(Verdict::Forward);
+                }
+                if let Some(acl) = &self.policy.acl {
                     if !st.decisions.allows(acl, s.client(), topic, Access::Write) {
                         self.deny_publish(s, &mut st.dropped_qos2, topic, &publish, to_client)?;
                         return Ok(Verdict::Drop);
                     }
                 }
+                let aliased = publish.topic_alias.is_some();
+                let without_alias;
+                let properties = if aliased {
+                    without_alias = p::without_properties(publish.properties, &[p::TOPIC_ALIAS])?;
+                    &without_alias[..]
+                } else {
+                    publish.properties
+                };
+                if retain {
+                    self.policy.retained.set(
+                        topic,
+                        Retained {
+                            qos: publish.qos,
+                            properties: properties.into(),
+                            payload: bytes::Bytes::copy_from_slice(publish.payload),
+                        },
+                    );
+                }
+                let message = direct::Message {
+                    topic,
+                    properties,
+                    payload: publish.payload,
+                };
+                let routes = &mut st.direct_routes;
+                let to_router = self
+                    .policy
+                    .direct
+                    .publish(routes, Some(&s.target), &message);
+                if !to_router && publish.qos == 0 {
+                    return Ok(Verdict::Delivered);
+                }
+                if aliased {
+                    // The router may not have seen the PUBLISH that defined the alias:
+                    // it gets the topic itself.
+                    let mut pkt = p::publish(
+                        s.level,
+                        topic,
+                        publish.qos,
+                        publish.pkid,
+                        false,
+                        properties,
+                        None,
+                        publish.payload,
+                    );
+                    pkt[0] |= f.flags & 0x08; // DUP
+                    return Ok(Verdict::Replace(pkt));
+                }
                 if !retain {
                     return Ok(Verdict::Forward);
                 }
-                let properties = if s.level == 5 {
-                    p::without_properties(publish.properties, &[p::TOPIC_ALIAS])?
-                } else {
-                    Vec::new()
-                };
-                self.policy.retained.set(
-                    topic,
-                    Retained {
-                        qos: publish.qos,
-                        properties: properties.into(),
-                        payload: bytes::Bytes::copy_from_slice(publish.payload),
-                    },
-                );
                 // rumqttd keeps no retained message of its own (see retained.rs).
                 let mut pkt = pkt.to_vec();
                 pkt[0] &= !0x01;
@@ -1203,7 +1298,7 @@ impl Front {
             }
             p::PUBREL => match p::ack_pkid(pkt, f) {
                 Some(id) if st.dropped_qos2.remove(&id) => {
-                    send(to_client, p::ack(p::PUBCOMP, id).to_vec())?;
+                    send(to_client, Out::Packet(p::ack(p::PUBCOMP, id).to_vec()))?;
                     Ok(Verdict::Drop)
                 }
                 _ => Ok(Verdict::Forward),
@@ -1212,18 +1307,29 @@ impl Front {
                 let sub = p::parse_subscribe(pkt, f, s.level, false)?;
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut allowed = Vec::with_capacity(sub.filters.len());
-                let existed: Vec<bool> = sub
-                    .filters
-                    .iter()
-                    .map(|(f, _)| st.subscriptions.contains(*f))
-                    .collect();
+                let mut filters = Vec::with_capacity(sub.filters.len());
+                // Filters the router has that become the front's.
+                let mut moved = Vec::new();
+                let table = &self.policy.direct;
                 for &(filter, options) in &sub.filters {
+                    let existed = st.subscriptions.contains(filter);
                     let permitted = self
                         .policy
                         .acl
                         .as_ref()
                         .is_none_or(|acl| acl.allows_subscribe(s.client(), filter));
-                    if !permitted {
+                    let mut direct = false;
+                    if !topic::valid_filter(filter) {
+                        log::debug!(
+                            "broker: client {:?} subscribed to an invalid filter {filter:?}",
+                            s.client_id
+                        );
+                        codes.push(Some(if s.level == 5 {
+                            SUB_INVALID_FILTER_V5
+                        } else {
+                            SUB_FAILED
+                        }));
+                    } else if !permitted {
                         log::debug!(
                             "broker: ACL: client {:?} may not subscribe to {filter:?}",
                             s.client_id
@@ -1233,9 +1339,7 @@ impl Front {
                         } else {
                             SUB_FAILED
                         }));
-                    } else if !st.subscriptions.contains(filter)
-                        && st.subscriptions.len() >= self.policy.max_subscriptions
-                    {
+                    } else if !existed && st.subscriptions.len() >= self.policy.max_subscriptions {
                         log::info!(
                             "broker: client {:?} is at max_subscriptions_per_client ({}); {filter:?} refused",
                             s.client_id,
@@ -1249,28 +1353,41 @@ impl Front {
                             }
                         }
                         st.subscriptions.insert(filter.to_string());
-                        allowed.push((filter, options));
-                        codes.push(None);
+                        // QoS 0 and not a shared subscription: the front's.
+                        let on_router = existed && !st.direct.contains(filter);
+                        direct = options & 0x03 == 0 && !filter.starts_with("$share/");
+                        if direct {
+                            if on_router {
+                                // rumqttd 0.20 would keep delivering at the old QoS.
+                                table.router_remove(filter);
+                                moved.push((filter, 0));
+                            }
+                            st.direct.insert(filter.to_string());
+                            codes.push(Some(0));
+                        } else {
+                            if st.direct.remove(filter) {
+                                table.unsubscribe(&s.target, filter);
+                            }
+                            if !on_router {
+                                table.router_add(filter);
+                            }
+                            allowed.push((filter, options));
+                            codes.push(None);
+                        }
                     }
+                    filters.push(Planned {
+                        filter: filter.to_string(),
+                        options,
+                        existed,
+                        direct,
+                    });
                 }
-                if allowed.is_empty() {
-                    let codes: Vec<u8> =
-                        codes.into_iter().map(|c| c.unwrap_or(SUB_FAILED)).collect();
-                    send(to_client, p::suback(sub.pkid, s.level, None, &codes))?;
-                    return Ok(Verdict::Drop);
-                }
-                let all = allowed.len() == sub.filters.len();
                 let subscription_id = match sub.properties {
                     Some(props) => p::subscription_id(props)?,
                     None => None,
                 };
+                let all = allowed.len() == sub.filters.len();
                 if let Ok(mut pending) = s.pending.lock() {
-                    let filters = sub
-                        .filters
-                        .iter()
-                        .zip(&existed)
-                        .map(|(&(f, o), &e)| (f.to_string(), o, e))
-                        .collect();
                     pending.insert(
                         sub.pkid,
                         PendingSub {
@@ -1280,22 +1397,60 @@ impl Front {
                         },
                     );
                 }
+                // The router answers an UNSUBSCRIBE, which nobody waits for (the front
+                // drops rumqttd's UNSUBACKs).
+                let mut to_router = if moved.is_empty() {
+                    Vec::new()
+                } else {
+                    p::unsubscribe(sub.pkid, sub.properties.map(|_| &[][..]), &moved)
+                };
+                if allowed.is_empty() {
+                    // Nothing for the router: the other direction answers.
+                    send(to_client, Out::Subscribed(sub.pkid))?;
+                    return Ok(match to_router.is_empty() {
+                        true => Verdict::Drop,
+                        false => Verdict::Replace(to_router),
+                    });
+                }
                 if all {
                     return Ok(Verdict::Forward);
                 }
-                Ok(Verdict::Replace(p::subscribe(
-                    sub.pkid,
-                    sub.properties,
-                    &allowed,
-                )))
+                to_router.extend(p::subscribe(sub.pkid, sub.properties, &allowed));
+                Ok(Verdict::Replace(to_router))
             }
             p::UNSUBSCRIBE => {
                 let unsub = p::parse_subscribe(pkt, f, s.level, true)?;
-                for (filter, _) in unsub.filters {
-                    st.subscriptions.remove(filter);
+                let mut codes = Vec::with_capacity(unsub.filters.len());
+                let mut forward = Vec::new();
+                for &(filter, _) in &unsub.filters {
+                    let existed = st.subscriptions.remove(filter);
                     self.policy.flow.set_filter(&s.lag, filter, false);
+                    if st.direct.remove(filter) {
+                        self.policy.direct.unsubscribe(&s.target, filter);
+                    } else if existed {
+                        self.policy.direct.router_remove(filter);
+                        forward.push((filter, 0));
+                    }
+                    codes.push(if existed {
+                        0
+                    } else {
+                        NO_SUBSCRIPTION_EXISTED_V5
+                    });
                 }
-                Ok(Verdict::Forward)
+                // The front answers: rumqttd 0.20 sends one UNSUBACK per filter it had,
+                // and none for a filter it did not have.
+                send(
+                    to_client,
+                    Out::Packet(p::unsuback(unsub.pkid, s.level, &codes)),
+                )?;
+                if forward.is_empty() {
+                    return Ok(Verdict::Drop);
+                }
+                Ok(Verdict::Replace(p::unsubscribe(
+                    unsub.pkid,
+                    unsub.properties,
+                    &forward,
+                )))
             }
             p::CONNECT => Err(SessionError::Protocol("a second CONNECT")),
             _ => Ok(Verdict::Forward),
@@ -1309,7 +1464,7 @@ impl Front {
         dropped_qos2: &mut HashSet<u16>,
         topic: &str,
         publish: &p::Publish<'_>,
-        to_client: &mpsc::Sender<Vec<u8>>,
+        to_client: &mpsc::Sender<Out>,
     ) -> Result<(), SessionError> {
         let n = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
         log::debug!(
@@ -1320,10 +1475,16 @@ impl Front {
             log::info!("broker: ACL: {n} PUBLISH(es) denied and dropped so far (last: client {:?} on {topic:?})", s.client_id);
         }
         match publish.qos {
-            1 => send(to_client, p::ack(p::PUBACK, publish.pkid).to_vec())?,
+            1 => send(
+                to_client,
+                Out::Packet(p::ack(p::PUBACK, publish.pkid).to_vec()),
+            )?,
             2 => {
                 dropped_qos2.insert(publish.pkid);
-                send(to_client, p::ack(p::PUBREC, publish.pkid).to_vec())?;
+                send(
+                    to_client,
+                    Out::Packet(p::ack(p::PUBREC, publish.pkid).to_vec()),
+                )?;
             }
             _ => {}
         }
@@ -1397,6 +1558,69 @@ impl Front {
         }
     }
 
+    /// The SUBACK for the pending SUBSCRIBE `pkid` (`codes` from the router, in the
+    /// order of the filters it got; `pkt`: its SUBACK), followed by the retained messages
+    /// of the new subscriptions. The front's QoS 0 subscriptions start here, so that
+    /// their first deliveries come after the SUBACK and the retained messages.
+    fn subscribed(
+        &self,
+        s: &Session,
+        st: &mut DownState,
+        pkid: u16,
+        codes: &[u8],
+        properties: Option<&[u8]>,
+        pkt: Option<&[u8]>,
+    ) -> Verdict {
+        let planned = s.pending.lock().ok().and_then(|mut m| m.remove(&pkid));
+        let Some(planned) = planned else {
+            return match pkt {
+                Some(_) => Verdict::Forward,
+                None => Verdict::Drop,
+            };
+        };
+        let spliced = planned.codes.iter().any(Option::is_some);
+        let mut from_broker = codes.iter();
+        let codes: Vec<u8> = planned
+            .codes
+            .iter()
+            .map(|c| c.unwrap_or_else(|| from_broker.next().copied().unwrap_or(SUB_FAILED)))
+            .collect();
+        let mut out = Vec::new();
+        for (sub, &code) in planned.filters.iter().zip(&codes) {
+            if code < SUB_FAILED {
+                // Counted from now on.
+                self.policy.flow.set_filter(&s.lag, &sub.filter, true);
+                if sub.direct {
+                    let id = planned.subscription_id;
+                    self.policy
+                        .direct
+                        .subscribe(&s.target, &sub.filter, sub.options, id);
+                }
+                self.retained_for(
+                    s,
+                    st,
+                    &sub.filter,
+                    code,
+                    sub.options,
+                    sub.existed,
+                    planned.subscription_id,
+                    &mut out,
+                );
+            }
+        }
+        let mut suback = match pkt {
+            Some(pkt) if !spliced => {
+                if out.is_empty() {
+                    return Verdict::Forward;
+                }
+                pkt.to_vec()
+            }
+            _ => p::suback(pkid, s.level, properties, &codes),
+        };
+        suback.append(&mut out);
+        Verdict::Replace(suback)
+    }
+
     /// rumqttd → client.
     #[allow(clippy::too_many_arguments)]
     async fn broker_to_client<W>(
@@ -1406,12 +1630,14 @@ impl Front {
         cw: &mut W,
         buf: &mut BytesMut,
         st: &mut DownState,
-        mut inject: mpsc::Receiver<Vec<u8>>,
+        mut inject: mpsc::Receiver<Out>,
         to_broker: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError>
     where
         W: AsyncWrite + Unpin,
     {
+        // What the mailbox of the client's QoS 0 subscriptions held.
+        let mut mail = Vec::new();
         loop {
             let mut start = 0;
             let mut pos = 0;
@@ -1433,7 +1659,7 @@ impl Front {
                         let end = pos + f.len;
                         match self.down_packet(s, st, &buf[pos..end], &f, &to_broker)? {
                             Verdict::Forward => {}
-                            Verdict::Drop => {
+                            Verdict::Drop | Verdict::Delivered => {
                                 if let Some(w) = counted {
                                     w.release();
                                 }
@@ -1470,7 +1696,24 @@ impl Front {
                     }
                 }
                 () = acked => {}
-                Some(pkt) = inject.recv() => {
+                () = s.target.ready() => {
+                    let n = s.target.take(&mut mail);
+                    if n > 0 {
+                        cw.write_all(&mail).await?;
+                        cw.flush().await?;
+                        self.policy.flow.delivered(&s.lag, n);
+                    }
+                }
+                Some(out) = inject.recv() => {
+                    let pkt = match out {
+                        Out::Packet(pkt) => pkt,
+                        Out::Subscribed(pkid) => {
+                            match self.subscribed(s, st, pkid, &[], None, None) {
+                                Verdict::Replace(pkt) => pkt,
+                                _ => continue,
+                            }
+                        }
+                    };
                     cw.write_all(&pkt).await?;
                     cw.flush().await?;
                 }
@@ -1544,45 +1787,10 @@ impl Front {
             },
             p::SUBACK => {
                 let ack = p::parse_suback(pkt, f, s.level)?;
-                let planned = s.pending.lock().ok().and_then(|mut m| m.remove(&ack.pkid));
-                let Some(planned) = planned else {
-                    return Ok(Verdict::Forward);
-                };
-                let spliced = planned.codes.iter().any(Option::is_some);
-                let mut from_broker = ack.codes.iter();
-                let codes: Vec<u8> = planned
-                    .codes
-                    .iter()
-                    .map(|c| c.unwrap_or_else(|| from_broker.next().copied().unwrap_or(SUB_FAILED)))
-                    .collect();
-                let mut out = Vec::new();
-                for ((filter, options, existed), &code) in planned.filters.iter().zip(&codes) {
-                    if code < SUB_FAILED {
-                        // Counted from now on (rumqttd has the subscription).
-                        self.policy.flow.set_filter(&s.lag, filter, true);
-                        self.retained_for(
-                            s,
-                            st,
-                            filter,
-                            code,
-                            *options,
-                            *existed,
-                            planned.subscription_id,
-                            &mut out,
-                        );
-                    }
-                }
-                if !spliced && out.is_empty() {
-                    return Ok(Verdict::Forward);
-                }
-                let mut suback = if spliced {
-                    p::suback(ack.pkid, s.level, ack.properties, &codes)
-                } else {
-                    pkt.to_vec()
-                };
-                suback.append(&mut out);
-                Ok(Verdict::Replace(suback))
+                Ok(self.subscribed(s, st, ack.pkid, ack.codes, ack.properties, Some(pkt)))
             }
+            // The front answers UNSUBSCRIBEs itself.
+            p::UNSUBACK => Ok(Verdict::Drop),
             _ => Ok(Verdict::Forward),
         }
     }
@@ -1600,6 +1808,10 @@ struct UpState {
     /// Flow control: who gets which topic, and the topic of the PUBLISH at hand.
     routes: Routes,
     topic: String,
+    /// Of `subscriptions`, the QoS 0 ones the front routes (the others are the router's).
+    direct: HashSet<String>,
+    /// Who gets which topic of the front's QoS 0 subscriptions.
+    direct_routes: direct::Routes,
 }
 
 /// What the broker → client direction remembers.
@@ -1650,7 +1862,7 @@ impl Aliases {
     }
 }
 
-fn send(tx: &mpsc::Sender<Vec<u8>>, pkt: Vec<u8>) -> Result<(), SessionError> {
+fn send<T>(tx: &mpsc::Sender<T>, pkt: T) -> Result<(), SessionError> {
     tx.try_send(pkt).map_err(|_| SessionError::Stalled)
 }
 

@@ -15,6 +15,7 @@ pub const PUBCOMP: u8 = 7;
 pub const SUBSCRIBE: u8 = 8;
 pub const SUBACK: u8 = 9;
 pub const UNSUBSCRIBE: u8 = 10;
+pub const UNSUBACK: u8 = 11;
 pub const PINGREQ: u8 = 12;
 pub const PINGRESP: u8 = 13;
 pub const DISCONNECT: u8 = 14;
@@ -484,6 +485,21 @@ pub fn subscribe(pkid: u16, properties: Option<&[u8]>, filters: &[(&str, u8)]) -
     packet(0x82, &body)
 }
 
+/// Build an UNSUBSCRIBE of `filters` (the options bytes are ignored) with the
+/// original's packet id and properties.
+pub fn unsubscribe(pkid: u16, properties: Option<&[u8]>, filters: &[(&str, u8)]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if let Some(p) = properties {
+        put_varint(&mut body, p.len());
+        body.extend_from_slice(p);
+    }
+    for (filter, _) in filters {
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+    }
+    packet(0xa2, &body)
+}
+
 /// A SUBACK: packet id, v5 properties, one return / reason code per filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck<'a> {
@@ -562,23 +578,80 @@ pub fn publish(
     subscription_id: Option<u32>,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut body = Vec::with_capacity(topic.len() + properties.len() + payload.len() + 16);
-    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
+    let mut out = Vec::with_capacity(topic.len() + properties.len() + payload.len() + 16);
+    put_publish(
+        &mut out,
+        level,
+        topic,
+        qos,
+        pkid,
+        retain,
+        properties,
+        subscription_id,
+        payload,
+    );
+    out
+}
+
+/// Bytes of `n` as a variable byte integer.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Append a PUBLISH to `out` (as [`publish`] builds it), without a copy in between.
+#[allow(clippy::too_many_arguments)]
+pub fn put_publish(
+    out: &mut Vec<u8>,
+    level: u8,
+    topic: &str,
+    qos: u8,
+    pkid: u16,
+    retain: bool,
+    properties: &[u8],
+    subscription_id: Option<u32>,
+    payload: &[u8],
+) {
+    let sub_id = subscription_id.map(|id| id as usize);
+    let props = properties.len() + sub_id.map_or(0, |id| 1 + varint_len(id));
+    let mut remaining = 2 + topic.len() + payload.len();
     if qos > 0 {
-        body.extend_from_slice(&pkid.to_be_bytes());
+        remaining += 2;
     }
     if level == 5 {
-        let mut props = properties.to_vec();
-        if let Some(id) = subscription_id {
-            props.push(SUBSCRIPTION_ID);
-            put_varint(&mut props, id as usize);
-        }
-        put_varint(&mut body, props.len());
-        body.extend_from_slice(&props);
+        remaining += varint_len(props) + props;
     }
-    body.extend_from_slice(payload);
-    packet((PUBLISH << 4) | (qos << 1) | u8::from(retain), &body)
+    out.reserve(remaining + 5);
+    out.push((PUBLISH << 4) | (qos << 1) | u8::from(retain));
+    put_varint(out, remaining);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        out.extend_from_slice(&pkid.to_be_bytes());
+    }
+    if level == 5 {
+        put_varint(out, props);
+        out.extend_from_slice(properties);
+        if let Some(id) = sub_id {
+            out.push(SUBSCRIPTION_ID);
+            put_varint(out, id);
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// An UNSUBACK: one v5 reason code per filter (3.1.1 has none).
+pub fn unsuback(pkid: u16, level: u8, codes: &[u8]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if level == 5 {
+        body.push(0); // no properties
+        body.extend_from_slice(codes);
+    }
+    packet(0xb0, &body)
 }
 
 /// A two-byte acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP) for `pkid`.

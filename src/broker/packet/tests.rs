@@ -235,3 +235,55 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// What put_publish appends is one whole PUBLISH that reads back as written (the
+    /// remaining length is computed before the fields are written).
+    #[test]
+    fn put_publish_reads_back(
+        level in prop_oneof![Just(4u8), Just(5u8)],
+        qos in 0u8..2,
+        pkid in 1u16..,
+        topic in "[a-z/]{1,40}",
+        // No properties, or a payload format indicator.
+        props in prop_oneof![Just(vec![]), Just(vec![0x01u8, 1])],
+        sub_id in proptest::option::of(prop_oneof![1u32..128, 128u32..20_000, 2_097_152u32..268_435_455]),
+        payload in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let mut out = vec![0xaa];
+        put_publish(&mut out, level, &topic, qos, pkid, false, &props, sub_id, &payload);
+        let pkt = &out[1..];
+        let f = whole(pkt);
+        prop_assert_eq!(f.len, pkt.len());
+        prop_assert_eq!(pkt, &publish(level, &topic, qos, pkid, false, &props, sub_id, &payload)[..]);
+        let p = parse_publish(pkt, &f, level).expect("publish");
+        prop_assert_eq!((p.topic, p.qos, p.payload), (topic.as_str(), qos, &payload[..]));
+        if qos > 0 {
+            prop_assert_eq!(p.pkid, pkid);
+        }
+        if level == 5 {
+            let id = subscription_id(p.properties).expect("properties");
+            prop_assert_eq!(id, sub_id);
+        }
+    }
+}
+
+#[test]
+fn unsuback_per_level() {
+    assert_eq!(unsuback(0x0102, 4, &[0x11]), vec![0xb0, 2, 1, 2]);
+    assert_eq!(
+        unsuback(0x0102, 5, &[0, 0x11]),
+        vec![0xb0, 5, 1, 2, 0, 0, 0x11]
+    );
+}
+
+#[test]
+fn unsubscribe_reads_back() {
+    for (level, props) in [(4, None), (5, Some(&[0x26, 0, 1, b'k', 0, 1, b'v'][..]))] {
+        let pkt = unsubscribe(9, props, &[("a/#", 0), ("b", 0)]);
+        let u = parse_subscribe(&pkt, &whole(&pkt), level, true).expect("unsubscribe");
+        assert_eq!(u.pkid, 9);
+        assert_eq!(u.properties, props);
+        assert_eq!(u.filters, vec![("a/#", 0), ("b", 0)]);
+    }
+}
