@@ -267,17 +267,16 @@ def render(results, m):
         L.append("")
     L += ["## Reading these", "",
           "- Flat-out latency is queueing, not broker latency; see the paced rows for latency.",
-          "- Flow control: a subscriber (QoS 0 or 1) that falls half of rumqttd's 1 MiB per-filter "
-          "log behind slows down the publishers of what it gets (the front stops reading them), so "
-          "nothing is skipped — rumqttd alone loses what a lagging subscriber has not read, QoS 1 "
-          "included (benches/README.md, session 3). A subscriber that reads nothing for 2 s stops "
-          "holding publishers back and then misses what the log no longer holds (mosquitto, which "
-          "the comparison runs with `max_queued_messages 0` = no limit, queues instead).",
-          "- CPU per message at a paced rate is where sensorgate is behind: rumqttd routes on a "
-          "thread of its own, so each message wakes three threads in turn (the publisher's "
-          "worker, the router, the subscriber's worker) where mosquitto wakes one; at 5 000 "
-          "msgs/s the cost is the kernel's thread switches (perf: ~40 % of the samples in "
-          "finish_task_switch), not the work.",
+          "- Routes: the scenarios' subscriptions (QoS 0, and QoS 1 of clean sessions) are routed by "
+          "the gateway's front from the publisher's connection to the subscriber's, without "
+          "rumqttd's router thread (src/broker/direct.rs); a persistent session's QoS 1, QoS 2 and "
+          "`$share` subscriptions still go through the router, at about twice the CPU per message "
+          "at a paced rate (benches/README.md, sessions 4 and 5).",
+          "- Flow control: a subscriber that falls about half a MiB behind slows down the "
+          "publishers of what it gets (the front stops reading them), so nothing is dropped. A "
+          "subscriber that reads nothing for 2 s stops holding publishers back; what does not "
+          "fit in its 1 MiB mailbox is then dropped and logged (mosquitto, which the comparison "
+          "runs with `max_queued_messages 0` = no limit, queues instead).",
           "- Every tool: benches/README.md."]
     return "\n".join(L) + "\n"
 

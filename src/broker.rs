@@ -15,7 +15,10 @@
 //!   segments (memory is a goal on a Pi).
 //!
 //! The configured listeners belong to [`front`], which checks CONNECT / SUBSCRIBE /
-//! PUBLISH (password file, ACL, limits, TLS) and passes the rest to the router. Each
+//! PUBLISH (password file, ACL, limits, TLS) and passes the rest to the router. QoS 0
+//! subscriptions, and QoS 1 ones of clean sessions, are routed by the front itself
+//! ([`direct`]): a message reaches the router only when a filter of the router's matches
+//! it (the daemon's own publishes go through the same table). Each
 //! listener is bound once here first, for a clear start-up error, and the broker is
 //! only called ready once it answers an MQTT CONNECT. The daemon's own links bypass the
 //! front.
@@ -471,6 +474,7 @@ fn publish_thread(
                             topic: &m.topic,
                             properties: &[],
                             payload: &m.payload,
+                            qos: 0,
                         };
                         if !table.publish(&mut direct_routes, None, &message) {
                             continue;

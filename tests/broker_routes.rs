@@ -1,5 +1,7 @@
-//! The two routes a message takes through the embedded broker: QoS 0 subscriptions are
-//! the front's own (delivered from the publisher's task), the others rumqttd's router.
+//! The two routes a message takes through the embedded broker: QoS 0 subscriptions, and
+//! QoS 1 ones of clean sessions, are the front's own (delivered from the publisher's
+//! task); a persistent session's QoS 1 subscriptions, QoS 2 and `$share` ones are
+//! rumqttd's router's.
 //! A raw MQTT client, written here byte by byte, checks what a client sees where the
 //! two meet: a filter moving between QoS 0 and 1, a SUBSCRIBE that mixes them, UNSUBSCRIBE,
 //! no-local, subscription ids, topic aliases, and a persistent session's QoS 0
@@ -346,17 +348,26 @@ fn unsubscribe_gets_one_unsuback_with_a_code_per_filter() {
     let s = Setup::new("");
     let _d = s.start();
     for level in [4, 5] {
-        let (mut sub, _) = Raw::connect(s.addr(), level, &format!("u{level}"), false);
+        // A persistent session: its QoS 1 subscriptions are the router's.
+        let (mut sub, _) = Raw::connect(s.addr(), level, &format!("u{level}"), true);
         let (mut publisher, _) = Raw::connect(s.addr(), level, &format!("p{level}"), false);
-        // One QoS 0 (the front's), one QoS 1 (the router's), one never subscribed.
-        assert_eq!(
-            sub.subscribe(&[("u/zero", 0), ("u/one", 1), ("u/end", 0)], None),
-            [0, 1, 0]
-        );
-        let acks = sub.unsubscribe(&["u/zero", "u/one", "u/never"]);
-        let expected = if level == 5 { vec![0, 0, 0x11] } else { vec![] };
+        // QoS 0 (the front's), QoS 1 of a persistent session and a shared one (the
+        // router's), one never subscribed.
+        let filters = [
+            ("u/zero", 0),
+            ("u/one", 1),
+            ("$share/g/u/shared", 0),
+            ("u/end", 0),
+        ];
+        assert_eq!(sub.subscribe(&filters, None), [0, 1, 0, 0]);
+        let acks = sub.unsubscribe(&["u/zero", "u/one", "$share/g/u/shared", "u/never"]);
+        let expected = if level == 5 {
+            vec![0, 0, 0, 0x11]
+        } else {
+            vec![]
+        };
         assert_eq!(acks, vec![expected], "MQTT level {level}");
-        for topic in ["u/zero", "u/one", "u/never", "u/end"] {
+        for topic in ["u/zero", "u/one", "u/shared", "u/never", "u/end"] {
             publisher.publish(topic, 0, None, topic);
         }
         let got = sub.deliveries_until("u/end");
@@ -370,19 +381,22 @@ fn unsubscribe_gets_one_unsuback_with_a_code_per_filter() {
 fn a_filter_moving_between_qos_0_and_1_delivers_each_message_once() {
     let s = Setup::new("");
     let _d = s.start();
-    let (mut sub, _) = Raw::connect(s.addr(), 4, "mover", false);
     let (mut publisher, _) = Raw::connect(s.addr(), 4, "mover-pub", false);
-    let round = |sub: &mut Raw, publisher: &mut Raw, qos: u8, n: u32| {
-        assert_eq!(sub.subscribe(&[("m/#", qos)], None), [qos]);
-        publisher.publish("m/1", 1, None, &format!("m{n}"));
-        let got = sub.deliveries_until(&format!("m{n}"));
-        assert_eq!(payloads(&got), [format!("m{n}")], "round {n}: {got:?}");
-        assert_eq!(got[0].qos, qos, "round {n}");
-    };
-    round(&mut sub, &mut publisher, 0, 1);
-    round(&mut sub, &mut publisher, 1, 2);
-    round(&mut sub, &mut publisher, 0, 3);
-    round(&mut sub, &mut publisher, 1, 4);
+    // Clean: QoS 0 and 1 are both the front's. Persistent: QoS 1 is the router's, so
+    // the filter moves between the two routes.
+    for persistent in [false, true] {
+        let id = format!("mover-{persistent}");
+        let (mut sub, _) = Raw::connect(s.addr(), 4, &id, persistent);
+        for (n, qos) in [0, 1, 0, 1].into_iter().enumerate() {
+            assert_eq!(sub.subscribe(&[("m/#", qos)], None), [qos]);
+            let payload = format!("m-{persistent}-{n}");
+            publisher.publish("m/1", 1, None, &payload);
+            let got = sub.deliveries_until(&payload);
+            assert_eq!(payloads(&got), [payload.as_str()], "round {n}: {got:?}");
+            assert_eq!(got[0].qos, qos, "round {n} (persistent: {persistent})");
+        }
+        sub.disconnect();
+    }
 }
 
 #[test]
@@ -391,7 +405,8 @@ fn a_mixed_subscribe_gets_its_codes_and_the_retained_messages_first() {
     let _d = s.start();
     let (mut publisher, _) = Raw::connect(s.addr(), 5, "mix-pub", false);
     set_retained(&mut publisher);
-    let (mut sub, _) = Raw::connect(s.addr(), 5, "mix", false);
+    // Persistent: q/# (QoS 1) is the router's, r/# the front's.
+    let (mut sub, _) = Raw::connect(s.addr(), 5, "mix", true);
     let codes = sub.subscribe(&[("r/#", 0), ("q/#", 1), ("bad/#/x", 0)], Some(9));
     assert_eq!(codes, [0, 1, 0x8f]);
     publisher.publish("r/a", 0, None, "live");
@@ -446,7 +461,8 @@ fn a_topic_alias_defined_on_one_route_is_understood_on_the_other() {
     // Only the front's route has a subscriber: the router never sees this one.
     publisher.publish("al/1", 0, Some(1), "first");
     assert_eq!(payloads(&zero.deliveries_until("first")), ["first"]);
-    let (mut one, _) = Raw::connect(s.addr(), 5, "al-one", false);
+    // Persistent: its QoS 1 subscription is the router's.
+    let (mut one, _) = Raw::connect(s.addr(), 5, "al-one", true);
     assert_eq!(one.subscribe(&[("al/#", 1)], None), [1]);
     publisher.publish("", 0, Some(1), "second");
     publisher.publish("", 1, Some(1), "third");
@@ -477,4 +493,41 @@ fn a_persistent_sessions_qos0_subscription_resumes_and_misses_what_came_offline(
         assert_eq!(payloads(&got), ["online"], "MQTT level {level}");
         sub.disconnect();
     }
+}
+
+#[test]
+fn qos_1_on_the_fronts_route_waits_for_the_window_and_loses_nothing() {
+    // A window of 3: the fourth delivery waits for an acknowledgement.
+    let s = Setup::new("max_inflight = 3\n");
+    let _d = s.start();
+    let (mut sub, _) = Raw::connect(s.addr(), 5, "w-sub", false);
+    let (mut publisher, _) = Raw::connect(s.addr(), 4, "w-pub", false);
+    assert_eq!(sub.subscribe(&[("w/#", 1)], Some(5)), [1]);
+    for i in 0..5 {
+        // PUBACKed by the front (nobody on the router's route).
+        publisher.publish("w/1", 1, None, &format!("w{i}"));
+    }
+    let mut first = Vec::new();
+    while let Some(p) = sub.read(QUIET) {
+        first.push(sub.delivery(&p));
+    }
+    assert_eq!(payloads(&first), ["w0", "w1", "w2"]);
+    assert!(
+        first.iter().all(|d| d.qos == 1 && d.sub_id == Some(5)),
+        "{first:?}"
+    );
+    let mut ids: Vec<u16> = first.iter().map(|d| d.pkid).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "distinct packet ids: {first:?}");
+    // Acknowledging the three lets the other two go.
+    for d in &first {
+        let ack = [&[0x40u8, 2][..], &d.pkid.to_be_bytes()].concat();
+        sub.send(&ack);
+    }
+    let rest = sub.deliveries_until("w4");
+    assert_eq!(payloads(&rest), ["w3", "w4"]);
+    // QoS 0 still comes after.
+    publisher.publish("w/2", 0, None, "after");
+    assert_eq!(payloads(&sub.deliveries_until("after")), ["after"]);
 }

@@ -1,30 +1,36 @@
-//! QoS 0 subscriptions, routed by the front itself.
+//! Subscriptions routed by the front itself: QoS 0 ones, and QoS 1 ones of clean
+//! sessions.
 //!
 //! Through rumqttd's router a message costs three thread wake-ups: the task reading the
 //! publisher, the router's own thread, the task writing to the subscriber (mosquitto's
-//! single loop wakes once), and at a steady 5 000 msgs/s that was 1.8–2× mosquitto's
-//! CPU per message, almost all of it in the kernel's task switching. A QoS 0
-//! subscription needs nothing the router does (no packet ids, no acknowledgements, no
-//! offline queue), so the front keeps those in this table instead of the router's: the
-//! publisher's task appends each message to the subscriber's mailbox, and the task
-//! writing to the subscriber takes the whole mailbox at once.
+//! single loop wakes once), and at a steady 5 000 msgs/s that was 1.7–2× mosquitto's
+//! CPU per message, almost all of it in the kernel's task switching. These
+//! subscriptions need nothing the router does that the front cannot do (a clean session
+//! keeps no messages once it is gone), so the front keeps them in this table instead of
+//! the router's: the publisher's task appends each message to the subscriber's mailbox,
+//! and the task writing to the subscriber takes the whole mailbox at once — QoS 0 as
+//! ready packets, QoS 1 as far as the client's window (`max_inflight`, receive maximum)
+//! has room, under packet ids above the router's.
 //!
 //! A message goes to the router as well only when the router has a subscription that
-//! matches it (QoS 1 and 2 subscriptions, `$share` groups, the daemon's own links): the
-//! table counts those filters too. A QoS 1 or 2 PUBLISH always goes to the router (it
-//! answers the publisher).
+//! matches it (a persistent session's QoS 1 subscriptions, whose offline queue hangs on
+//! its router link; QoS 2; `$share` groups; the daemon's own links): the table counts
+//! those filters too. A QoS 2 PUBLISH always goes to the router (it answers the
+//! publisher); a QoS 1 PUBLISH that goes only here is acknowledged by the front.
 //!
-//! Delivery order per publisher is kept. Flow control ([`super::flow`]) counts these
-//! deliveries like the router's: a publisher waits for a subscriber that is behind. A
-//! mailbox holds at most [`MAILBOX_BYTES`]; what a subscriber that stopped reading (and
-//! so stopped holding publishers, see [`super::flow::STALL`]) does not take is dropped,
-//! as QoS 0 allows, and counted in the log. An offline persistent session gets no QoS 0
-//! messages (as with mosquitto).
+//! Delivery order per publisher and subscription is kept. Flow control
+//! ([`super::flow`]) counts these deliveries like the router's: a publisher waits for a
+//! subscriber that is behind. A mailbox holds at most [`MAILBOX_BYTES`]; what a
+//! subscriber that stopped reading (and so stopped holding publishers, see
+//! [`super::flow::STALL`]) does not take is dropped and logged (WARN for QoS 0, ERROR
+//! for QoS 1: data lost). An offline persistent session gets no QoS 0 messages (as with
+//! mosquitto).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::acl::{Access, Acl, Client};
@@ -67,6 +73,8 @@ pub struct Target {
 
 struct Sub {
     filter: String,
+    /// Granted QoS: 0, or 1 (clean sessions only, see the module doc).
+    qos: u8,
     /// MQTT 5 "no local": not the session's own messages.
     no_local: bool,
     id: Option<u32>,
@@ -74,8 +82,12 @@ struct Sub {
 
 #[derive(Default)]
 struct Mail {
+    /// QoS 0 deliveries, as packets.
     bytes: Vec<u8>,
     count: u64,
+    /// QoS 1 deliveries, waiting for a packet id (the client's window).
+    qos1: VecDeque<(Arc<Owned>, Option<u32>)>,
+    qos1_bytes: usize,
     /// A client is connected to take it (an offline session's mailbox is closed).
     open: bool,
 }
@@ -88,16 +100,41 @@ pub struct Routes {
 }
 
 struct Route {
-    to: Vec<(Arc<Target>, Option<u32>, bool)>,
+    to: Vec<To>,
     router: bool,
 }
 
+/// One subscription a topic goes to.
+struct To {
+    target: Arc<Target>,
+    qos: u8,
+    id: Option<u32>,
+    no_local: bool,
+    /// The ACL lets its client read the topic (else it is only counted as delivered).
+    readable: bool,
+}
+
 /// A message to deliver: topic, MQTT 5 properties (no topic alias; empty from a 3.1.1
-/// publisher) and payload.
+/// publisher), payload, and the QoS it was published with.
 pub struct Message<'a> {
     pub topic: &'a str,
     pub properties: &'a [u8],
     pub payload: &'a [u8],
+    pub qos: u8,
+}
+
+/// A message held for QoS 1 deliveries (one copy for every subscriber).
+struct Owned {
+    topic: Box<str>,
+    properties: Box<[u8]>,
+    payload: Bytes,
+}
+
+impl Owned {
+    /// Its share of a mailbox's bytes.
+    fn size(&self) -> usize {
+        self.topic.len() + self.properties.len() + self.payload.len() + 16
+    }
 }
 
 impl Table {
@@ -151,11 +188,12 @@ impl Table {
         self.changed();
     }
 
-    /// `t` subscribes to `filter` at QoS 0 (again: the options and identifier are
-    /// replaced).
+    /// `t` subscribes to `filter` at QoS `options & 3` (0 or 1; again: the QoS, options
+    /// and identifier are replaced).
     pub fn subscribe(&self, t: &Target, filter: &str, options: u8, id: Option<u32>) {
         let sub = Sub {
             filter: filter.to_string(),
+            qos: (options & 0x03).min(1),
             no_local: t.level == 5 && options & 0x04 != 0,
             id,
         };
@@ -229,7 +267,7 @@ impl Table {
                 let matching: Vec<_> = subs
                     .iter()
                     .filter(|s| topic::matches(&s.filter, topic))
-                    .map(|s| (s.id, s.no_local))
+                    .map(|s| (s.qos, s.id, s.no_local))
                     .collect();
                 drop(subs);
                 if matching.is_empty() {
@@ -242,10 +280,13 @@ impl Table {
                     };
                     acl.allows(client, topic, Access::Read)
                 });
-                if !readable {
-                    continue;
-                }
-                to.extend(matching.into_iter().map(|(id, nl)| (t.clone(), id, nl)));
+                to.extend(matching.into_iter().map(|(qos, id, no_local)| To {
+                    target: t.clone(),
+                    qos,
+                    id,
+                    no_local,
+                    readable,
+                }));
             }
         }
         let router = self
@@ -255,27 +296,55 @@ impl Table {
         Route { to, router }
     }
 
-    /// Deliver `m` to the QoS 0 subscriptions that match it (`from`: the publishing
+    /// Deliver `m` to the front's subscriptions that match it (`from`: the publishing
     /// session, for "no local"). True when the router has a subscription that matches
     /// it too.
     pub fn publish(&self, routes: &mut Routes, from: Option<&Target>, m: &Message<'_>) -> bool {
         let Some(route) = self.lookup(routes, m.topic) else {
             return true;
         };
-        for (t, id, no_local) in &route.to {
+        // One copy for all QoS 1 deliveries of this message, made when the first needs it.
+        let mut owned = None;
+        for to in &route.to {
+            let t = &to.target;
             let own = from.is_some_and(|f| std::ptr::eq(f, &**t));
-            if (*no_local && own) || !t.push(m, *id) {
-                // Not delivered: not behind either.
-                self.flow.delivered(&t.lag, 1);
-                if !own && t.is_open() {
-                    let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n.is_power_of_two() {
-                        log::warn!(
-                            "broker: client {:?} is not reading: {n} QoS 0 message(s) dropped so far (its mailbox of {} KiB was full)",
-                            t.client_id,
-                            MAILBOX_BYTES / 1024
-                        );
+            let qos = to.qos.min(m.qos);
+            let pushed = to.readable
+                && !(to.no_local && own)
+                && match qos {
+                    0 => t.push(m, to.id),
+                    _ => {
+                        let o = owned.get_or_insert_with(|| {
+                            Arc::new(Owned {
+                                topic: m.topic.into(),
+                                properties: m.properties.into(),
+                                payload: Bytes::copy_from_slice(m.payload),
+                            })
+                        });
+                        t.push_qos1(o, to.id)
                     }
+                };
+            if pushed {
+                continue;
+            }
+            // Not delivered: not behind by it either (but not moving: a subscriber that
+            // stopped reading stays stalled, see flow::STALL).
+            self.flow.skipped(&t.lag, 1);
+            if to.readable && !own && t.is_open() {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    let level = if qos > 0 {
+                        log::Level::Error
+                    } else {
+                        log::Level::Warn
+                    };
+                    log::log!(
+                        level,
+                        "broker: client {:?} is not reading: {n} message(s) dropped so far, the last at QoS {qos} on {:?} (its mailbox of {} KiB was full)",
+                        t.client_id,
+                        m.topic,
+                        MAILBOX_BYTES / 1024
+                    );
                 }
             }
         }
@@ -301,7 +370,7 @@ impl Target {
         let Ok(mut mail) = self.mail.lock() else {
             return false;
         };
-        if !mail.open || mail.bytes.len() >= MAILBOX_BYTES {
+        if !mail.open || mail.bytes.len() + mail.qos1_bytes >= MAILBOX_BYTES {
             return false;
         }
         let was_empty = mail.bytes.is_empty();
@@ -325,6 +394,24 @@ impl Target {
         true
     }
 
+    /// Queue `m` for a QoS 1 delivery; false when the mailbox is closed or full.
+    fn push_qos1(&self, m: &Arc<Owned>, id: Option<u32>) -> bool {
+        let Ok(mut mail) = self.mail.lock() else {
+            return false;
+        };
+        if !mail.open || mail.bytes.len() + mail.qos1_bytes >= MAILBOX_BYTES {
+            return false;
+        }
+        let was_empty = mail.bytes.is_empty() && mail.qos1.is_empty();
+        mail.qos1_bytes += m.size();
+        mail.qos1.push_back((m.clone(), id));
+        drop(mail);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
     /// A client is connected again: deliveries resume.
     pub fn open(&self) {
         if let Ok(mut mail) = self.mail.lock() {
@@ -338,6 +425,8 @@ impl Target {
             mail.open = false;
             mail.bytes = Vec::new();
             mail.count = 0;
+            mail.qos1 = VecDeque::new();
+            mail.qos1_bytes = 0;
         }
     }
 
@@ -347,17 +436,38 @@ impl Target {
         self.ready.notified().await;
     }
 
-    /// Move the mailbox's packets into `into` (empty), returning how many there are.
-    pub fn take(&self, into: &mut Vec<u8>) -> u64 {
+    /// Move the mailbox's packets into `into` (emptied first): every QoS 0 delivery,
+    /// and as many QoS 1 deliveries as `pkid` gives packet ids for. How many there are,
+    /// and whether QoS 1 deliveries are left waiting for packet ids.
+    pub fn take(&self, into: &mut Vec<u8>, mut pkid: impl FnMut() -> Option<u16>) -> (u64, bool) {
         into.clear();
         if into.capacity() > SPARE_KEPT {
             *into = Vec::new();
         }
         let Ok(mut mail) = self.mail.lock() else {
-            return 0;
+            return (0, false);
         };
         std::mem::swap(&mut mail.bytes, into);
-        std::mem::take(&mut mail.count)
+        let mut n = std::mem::take(&mut mail.count);
+        while !mail.qos1.is_empty() {
+            let Some(id) = pkid() else {
+                return (n, true);
+            };
+            let Some((m, sub_id)) = mail.qos1.pop_front() else {
+                break;
+            };
+            mail.qos1_bytes -= m.size();
+            let props = if self.level == 5 {
+                &m.properties[..]
+            } else {
+                &[]
+            };
+            p::put_publish(
+                into, self.level, &m.topic, 1, id, false, props, sub_id, &m.payload,
+            );
+            n += 1;
+        }
+        (n, false)
     }
 }
 
@@ -365,7 +475,16 @@ impl Target {
 mod tests {
     use super::*;
 
-    fn packets(level: u8, mut bytes: &[u8]) -> Vec<(String, Vec<u8>, Option<u32>)> {
+    fn packets(level: u8, bytes: &[u8]) -> Vec<(String, Vec<u8>, Option<u32>)> {
+        publishes(level, bytes)
+            .into_iter()
+            .map(|(t, p, id, _, _)| (t, p, id))
+            .collect()
+    }
+
+    /// Topic, payload, subscription id, QoS, packet id of each PUBLISH.
+    #[allow(clippy::type_complexity)]
+    fn publishes(level: u8, mut bytes: &[u8]) -> Vec<(String, Vec<u8>, Option<u32>, u8, u16)> {
         let mut out = Vec::new();
         while let Ok(p::Framing::Packet(f)) = p::frame(bytes, p::MAX_REMAINING) {
             let publish = p::parse_publish(&bytes[..f.len], &f, level).expect("publish");
@@ -374,7 +493,13 @@ mod tests {
             } else {
                 None
             };
-            out.push((publish.topic.to_string(), publish.payload.to_vec(), id));
+            out.push((
+                publish.topic.to_string(),
+                publish.payload.to_vec(),
+                id,
+                publish.qos,
+                publish.pkid,
+            ));
             bytes = &bytes[f.len..];
         }
         assert!(bytes.is_empty(), "a partial packet left");
@@ -386,6 +511,7 @@ mod tests {
             topic,
             properties: &[],
             payload,
+            qos: 0,
         }
     }
 
@@ -404,12 +530,12 @@ mod tests {
         table.router_add("$share/g/t/#");
         assert!(table.publish(&mut routes, None, &msg("t/1", b"z")));
         let mut got = Vec::new();
-        assert_eq!(a.take(&mut got), 2);
+        assert_eq!(a.take(&mut got, || None).0, 2);
         assert_eq!(
             packets(4, &got),
             vec![("s/1".into(), b"x".to_vec(), None); 2]
         );
-        assert_eq!(b.take(&mut got), 1);
+        assert_eq!(b.take(&mut got, || None).0, 1);
         assert_eq!(
             packets(5, &got),
             vec![("s/1".into(), b"x".to_vec(), Some(7))]
@@ -421,8 +547,8 @@ mod tests {
         assert!(!table.unsubscribe(&a, "s/+"));
         table.leave(&b);
         table.publish(&mut routes, None, &msg("s/1", b"w"));
-        assert_eq!(a.take(&mut got), 1);
-        assert_eq!(b.take(&mut got), 0);
+        assert_eq!(a.take(&mut got, || None).0, 1);
+        assert_eq!(b.take(&mut got, || None).0, 0);
     }
 
     #[test]
@@ -438,7 +564,7 @@ mod tests {
         let other = flow.join();
         table.publish(&mut routes, Some(&a), &msg("s/1", b"own"));
         let mut got = Vec::new();
-        assert_eq!(a.take(&mut got), 0);
+        assert_eq!(a.take(&mut got, || None).0, 0);
         // Offline: dropped, and publishers do not wait for it.
         a.close();
         let big = vec![0u8; 100_000];
@@ -453,7 +579,7 @@ mod tests {
             flow.route(&mut flow_routes, "s/1", big.len());
             table.publish(&mut routes, None, &msg("s/1", &big));
         }
-        let n = a.take(&mut got);
+        let n = a.take(&mut got, || None).0;
         let one = p::publish(5, "s/1", 0, 0, false, &[], None, &big).len();
         assert_eq!(n as usize, MAILBOX_BYTES.div_ceil(one));
         assert_eq!(packets(5, &got).len() as u64, n);
@@ -477,7 +603,50 @@ mod tests {
         table.publish(&mut routes, None, &msg("s/1", b"x"));
         table.publish(&mut routes, None, &msg("t/1", b"x"));
         let mut got = Vec::new();
-        assert_eq!(alice.take(&mut got), 1);
-        assert_eq!(bob.take(&mut got), 0);
+        assert_eq!(alice.take(&mut got, || None).0, 1);
+        assert_eq!(bob.take(&mut got, || None).0, 0);
+    }
+
+    #[test]
+    fn qos_1_deliveries_wait_for_packet_ids_and_a_qos_0_subscription_gets_qos_0() {
+        let flow = Arc::new(Flow::new(1 << 20));
+        let table = Table::new(None, flow.clone());
+        let one = table.join(5, "one", None, flow.join());
+        let zero = table.join(4, "zero", None, flow.join());
+        table.subscribe(&one, "q/#", 1, Some(3));
+        table.subscribe(&zero, "q/#", 0, None);
+        let mut routes = Routes::default();
+        for (i, qos) in [(0, 1), (1, 1), (2, 0), (3, 1)] {
+            let payload = [b'0' + i];
+            let m = Message {
+                qos,
+                ..msg("q/1", &payload)
+            };
+            assert!(!table.publish(&mut routes, None, &m));
+        }
+        // Two packet ids free: the QoS 0 message and two QoS 1 ones go, one waits.
+        let mut ids = vec![102u16, 101];
+        let mut got = Vec::new();
+        assert_eq!(one.take(&mut got, || ids.pop()), (3, true));
+        let got = publishes(5, &got);
+        let seen: Vec<_> = got
+            .iter()
+            .map(|(_, p, id, q, pk)| (p[0], *id, *q, *pk))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (b'2', Some(3), 0, 0),
+                (b'0', Some(3), 1, 101),
+                (b'1', Some(3), 1, 102)
+            ]
+        );
+        let mut rest = Vec::new();
+        assert_eq!(one.take(&mut rest, || Some(103)), (1, false));
+        assert_eq!(publishes(5, &rest)[0].4, 103);
+        // The QoS 0 subscription gets all four at QoS 0.
+        let mut z = Vec::new();
+        assert_eq!(zero.take(&mut z, || None), (4, false));
+        assert!(publishes(4, &z).iter().all(|m| m.3 == 0));
     }
 }

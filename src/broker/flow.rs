@@ -5,8 +5,9 @@
 //! `SEGMENT_SIZE × SEGMENT_COUNT` bytes and has no back-pressure: a subscriber further
 //! behind than that skips what was overwritten — QoS 1 included, though each publisher
 //! got its PUBACK. The front sees every client's PUBLISH (and the daemon's own pass
-//! [`Flow::route`] too), and every delivery rumqttd makes to a client, so it counts per
-//! subscriber what was routed to its subscriptions and what it received.
+//! [`Flow::route`] too), and every delivery to a client (rumqttd's, and its own from
+//! [`super::direct`], whose mailboxes are bounded too), so it counts per subscriber what
+//! was routed to its subscriptions and what it received.
 //! When a subscriber is behind by about half a log, the publishers whose messages go to
 //! it stop being read until it catches up — TCP slows them, as mosquitto does.
 //!
@@ -204,6 +205,12 @@ impl Flow {
         if self.waiting.load(Ordering::Relaxed) > 0 {
             self.moved.notify_waiters();
         }
+    }
+
+    /// `n` messages routed to `lag` were not delivered (dropped, or not for it after
+    /// all): it is not behind by them, but it did not move either.
+    pub fn skipped(&self, lag: &Lag, n: u64) {
+        lag.delivered.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Wait until some subscriber moved (or `limit` passed: a stalled subscriber does

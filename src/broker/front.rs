@@ -6,9 +6,14 @@
 //! the socket), else open a link to the router: always a clean session, without a will,
 //! under an id of the front's that is new for every connection, and pipe both ways.
 //! Packets are passed on as the bytes they came in as; the front parses only
-//! SUBSCRIBE / UNSUBSCRIBE (ACL, subscription limit), PUBLISH (ACL, payload size,
-//! retained messages, flow control) and what it must answer for itself. The front
-//! enforces keepalive.
+//! SUBSCRIBE / UNSUBSCRIBE (ACL, subscription limit, which route a filter takes),
+//! PUBLISH (ACL, payload size, retained messages, flow control, its own routes) and what
+//! it must answer for itself. The front enforces keepalive, and answers UNSUBSCRIBE.
+//!
+//! QoS 0 subscriptions, and QoS 1 subscriptions of clean sessions, never reach the
+//! router: the front delivers to them from the publisher's task ([`super::direct`]),
+//! acknowledges a QoS 1 PUBLISH itself when no filter of the router's matches it, and
+//! numbers its QoS 1 deliveries above the router's (within the client's window).
 //!
 //! What rumqttd 0.20 does not do (or does wrong), the front does: session takeover and
 //! persistent sessions with their offline queue ([`super::offline`]), retained messages
@@ -233,9 +238,9 @@ struct Session {
     /// A persistent session's QoS 1 deliveries from rumqttd the client has not
     /// acknowledged yet, by rumqttd's packet id (None: not persistent).
     in_flight: Option<Mutex<Vec<(u16, Queued)>>>,
-    /// The delivery window, when it is smaller than rumqttd's (max_inflight, or an MQTT 5
-    /// client's receive maximum).
-    window: Option<Window>,
+    /// The delivery window (max_inflight, or an MQTT 5 client's receive maximum; rumqttd
+    /// stops at 100 of its own deliveries anyway).
+    window: Window,
     /// This client as a subscriber, for flow control.
     lag: Arc<Lag>,
     /// Its QoS 0 subscriptions and their mailbox.
@@ -352,6 +357,36 @@ enum Verdict {
     Replace(Vec<u8>),
     /// A PUBLISH the front delivered to every subscription itself: not for the router.
     Delivered,
+}
+
+/// What the client → broker direction hands the other direction, in one task: the other
+/// direction is polled right after it (a `biased` select), so this needs no wake-up. (A
+/// channel's wake-up of the task that is running makes tokio requeue it and wake another
+/// worker thread: a thread switch for every PUBACK.)
+#[derive(Default)]
+struct Outbox(Mutex<std::collections::VecDeque<Out>>);
+
+impl Outbox {
+    /// Queue `out`; a peer that lets [`INJECT_QUEUE`] packets pile up is not reading.
+    fn send(&self, out: Out) -> Result<(), SessionError> {
+        let mut q = self.0.lock().map_err(|_| SessionError::Stalled)?;
+        if q.len() >= INJECT_QUEUE {
+            return Err(SessionError::Stalled);
+        }
+        q.push_back(out);
+        Ok(())
+    }
+
+    /// The next packet (pending while there is none: nothing but the other direction
+    /// fills it, and the select polls this one after it).
+    fn next(&self) -> impl std::future::Future<Output = Out> + '_ {
+        std::future::poll_fn(
+            |_| match self.0.lock().ok().and_then(|mut q| q.pop_front()) {
+                Some(out) => std::task::Poll::Ready(out),
+                None => std::task::Poll::Pending,
+            },
+        )
+    }
 }
 
 /// What the client → broker direction hands the other direction to send.
@@ -547,7 +582,7 @@ impl Front {
             in_flight: None,
             window: {
                 let limit = self.policy.max_inflight.min(c.receive_maximum).max(1);
-                (limit < BROKER_MAX_PKID).then(|| Window::new(u32::from(limit)))
+                Window::new(u32::from(limit))
             },
             lag: Arc::default(),
             target: Arc::default(),
@@ -687,7 +722,7 @@ impl Front {
             target,
             ..session
         };
-        let (to_client, to_client_rx) = mpsc::channel(INJECT_QUEUE);
+        let to_client = Outbox::default();
         let (to_broker, to_broker_rx) = mpsc::channel(INJECT_QUEUE);
         let up = self.client_to_broker(
             &session,
@@ -696,7 +731,7 @@ impl Front {
             buf,
             &mut up_st,
             to_broker_rx,
-            to_client,
+            &to_client,
             claim.as_mut(),
         );
         let down = self.broker_to_client(
@@ -705,10 +740,13 @@ impl Front {
             cw,
             &mut link.buf,
             &mut down_st,
-            to_client_rx,
+            &to_client,
             to_broker,
         );
+        // The client → broker direction first: what it hands the other direction in
+        // its [`Outbox`] is written when that is polled right after.
         let end = tokio::select! {
+            biased;
             r = up => r,
             r = down => r.map(|()| UpEnd::BrokerClosed),
         };
@@ -887,8 +925,8 @@ impl Front {
                 if m.dup && qos > 0 {
                     out[start] |= 0x08;
                 }
-                if let (Some(w), true) = (&s.window, qos > 0) {
-                    w.add(1);
+                if qos > 0 {
+                    s.window.add(1);
                 }
             }
         }
@@ -933,6 +971,7 @@ impl Front {
             topic: &w.topic,
             properties: &properties,
             payload: &w.payload,
+            qos: w.qos,
         };
         let routes = &mut direct::Routes::default();
         if !self.policy.direct.publish(routes, None, &message) && w.qos == 0 {
@@ -1093,7 +1132,7 @@ impl Front {
         mut buf: BytesMut,
         st: &mut UpState,
         mut inject: mpsc::Receiver<Vec<u8>>,
-        to_client: mpsc::Sender<Out>,
+        to_client: &Outbox,
         mut claim: Option<&mut oneshot::Receiver<oneshot::Sender<Kept>>>,
     ) -> Result<UpEnd, SessionError>
     where
@@ -1138,7 +1177,7 @@ impl Front {
                         } else {
                             None
                         };
-                        let verdict = self.up_packet(s, st, &buf[pos..end], &f, &to_client)?;
+                        let verdict = self.up_packet(s, st, &buf[pos..end], &f, to_client)?;
                         if let (Some(n), false) = (size, matches!(verdict, Verdict::Drop)) {
                             flow.route(&mut st.routes, &st.topic, n);
                         }
@@ -1198,7 +1237,7 @@ impl Front {
         st: &mut UpState,
         pkt: &[u8],
         f: &Frame,
-        to_client: &mpsc::Sender<Out>,
+        to_client: &Outbox,
     ) -> Result<Verdict, SessionError> {
         match f.kind {
             p::PUBLISH => {
@@ -1240,13 +1279,18 @@ impl Front {
                     topic,
                     properties,
                     payload: publish.payload,
+                    qos: publish.qos,
                 };
                 let routes = &mut st.direct_routes;
                 let to_router = self
                     .policy
                     .direct
                     .publish(routes, Some(&s.target), &message);
-                if !to_router && publish.qos == 0 {
+                // Only the router answers a QoS 2 PUBLISH (PUBREC, PUBREL, PUBCOMP).
+                if !to_router && publish.qos < 2 {
+                    if publish.qos == 1 {
+                        to_client.send(Out::Packet(p::ack(p::PUBACK, publish.pkid).to_vec()))?;
+                    }
                     return Ok(Verdict::Delivered);
                 }
                 if aliased {
@@ -1274,9 +1318,7 @@ impl Front {
                 Ok(Verdict::Replace(pkt))
             }
             p::PUBACK | p::PUBCOMP => {
-                if let Some(w) = &s.window {
-                    w.release();
-                }
+                s.window.release();
                 if f.kind == p::PUBCOMP {
                     return Ok(Verdict::Forward);
                 }
@@ -1298,7 +1340,7 @@ impl Front {
             }
             p::PUBREL => match p::ack_pkid(pkt, f) {
                 Some(id) if st.dropped_qos2.remove(&id) => {
-                    send(to_client, Out::Packet(p::ack(p::PUBCOMP, id).to_vec()))?;
+                    to_client.send(Out::Packet(p::ack(p::PUBCOMP, id).to_vec()))?;
                     Ok(Verdict::Drop)
                 }
                 _ => Ok(Verdict::Forward),
@@ -1353,9 +1395,14 @@ impl Front {
                             }
                         }
                         st.subscriptions.insert(filter.to_string());
-                        // QoS 0 and not a shared subscription: the front's.
+                        // Not a shared subscription, QoS 0, or QoS 1 of a clean session
+                        // (a persistent session's QoS 1 messages are queued by the
+                        // router's link while it is offline): the front's.
                         let on_router = existed && !st.direct.contains(filter);
-                        direct = options & 0x03 == 0 && !filter.starts_with("$share/");
+                        let qos = options & 0x03;
+                        let persistent = s.in_flight.is_some();
+                        direct = !filter.starts_with("$share/")
+                            && (qos == 0 || (qos == 1 && !persistent));
                         if direct {
                             if on_router {
                                 // rumqttd 0.20 would keep delivering at the old QoS.
@@ -1363,7 +1410,7 @@ impl Front {
                                 moved.push((filter, 0));
                             }
                             st.direct.insert(filter.to_string());
-                            codes.push(Some(0));
+                            codes.push(Some(qos));
                         } else {
                             if st.direct.remove(filter) {
                                 table.unsubscribe(&s.target, filter);
@@ -1406,7 +1453,7 @@ impl Front {
                 };
                 if allowed.is_empty() {
                     // Nothing for the router: the other direction answers.
-                    send(to_client, Out::Subscribed(sub.pkid))?;
+                    to_client.send(Out::Subscribed(sub.pkid))?;
                     return Ok(match to_router.is_empty() {
                         true => Verdict::Drop,
                         false => Verdict::Replace(to_router),
@@ -1439,10 +1486,7 @@ impl Front {
                 }
                 // The front answers: rumqttd 0.20 sends one UNSUBACK per filter it had,
                 // and none for a filter it did not have.
-                send(
-                    to_client,
-                    Out::Packet(p::unsuback(unsub.pkid, s.level, &codes)),
-                )?;
+                to_client.send(Out::Packet(p::unsuback(unsub.pkid, s.level, &codes)))?;
                 if forward.is_empty() {
                     return Ok(Verdict::Drop);
                 }
@@ -1464,7 +1508,7 @@ impl Front {
         dropped_qos2: &mut HashSet<u16>,
         topic: &str,
         publish: &p::Publish<'_>,
-        to_client: &mpsc::Sender<Out>,
+        to_client: &Outbox,
     ) -> Result<(), SessionError> {
         let n = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
         log::debug!(
@@ -1475,16 +1519,10 @@ impl Front {
             log::info!("broker: ACL: {n} PUBLISH(es) denied and dropped so far (last: client {:?} on {topic:?})", s.client_id);
         }
         match publish.qos {
-            1 => send(
-                to_client,
-                Out::Packet(p::ack(p::PUBACK, publish.pkid).to_vec()),
-            )?,
+            1 => to_client.send(Out::Packet(p::ack(p::PUBACK, publish.pkid).to_vec()))?,
             2 => {
                 dropped_qos2.insert(publish.pkid);
-                send(
-                    to_client,
-                    Out::Packet(p::ack(p::PUBREC, publish.pkid).to_vec()),
-                )?;
+                to_client.send(Out::Packet(p::ack(p::PUBREC, publish.pkid).to_vec()))?;
             }
             _ => {}
         }
@@ -1553,9 +1591,7 @@ impl Front {
                 &m.payload,
             ));
         }
-        if let Some(w) = &s.window {
-            w.add(counted);
-        }
+        s.window.add(counted);
     }
 
     /// The SUBACK for the pending SUBSCRIBE `pkid` (`codes` from the router, in the
@@ -1630,7 +1666,7 @@ impl Front {
         cw: &mut W,
         buf: &mut BytesMut,
         st: &mut DownState,
-        mut inject: mpsc::Receiver<Out>,
+        outbox: &Outbox,
         to_broker: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError>
     where
@@ -1638,6 +1674,8 @@ impl Front {
     {
         // What the mailbox of the client's QoS 0 subscriptions held.
         let mut mail = Vec::new();
+        // QoS 1 deliveries of the front's wait in the mailbox for the client's window.
+        let mut mail_waits = false;
         loop {
             let mut start = 0;
             let mut pos = 0;
@@ -1650,7 +1688,7 @@ impl Front {
                     Framing::Partial(_) => break,
                     Framing::Packet(f) => {
                         let qos1 = f.kind == p::PUBLISH && (f.flags >> 1) & 0x03 > 0;
-                        let counted = qos1.then_some(s.window.as_ref()).flatten();
+                        let counted = qos1.then_some(&s.window);
                         if counted.is_some_and(|w| !w.take()) {
                             blocked = true;
                             break;
@@ -1683,9 +1721,10 @@ impl Front {
             self.policy.flow.delivered(&s.lag, delivered);
             buf.advance(pos);
             let acked = async {
-                match &s.window {
-                    Some(w) if blocked => w.acked.notified().await,
-                    _ => std::future::pending().await,
+                if blocked || mail_waits {
+                    s.window.acked.notified().await
+                } else {
+                    std::future::pending().await
                 }
             };
             tokio::select! {
@@ -1695,16 +1734,15 @@ impl Front {
                         return Ok(());
                     }
                 }
-                () = acked => {}
-                () = s.target.ready() => {
-                    let n = s.target.take(&mut mail);
-                    if n > 0 {
-                        cw.write_all(&mail).await?;
-                        cw.flush().await?;
-                        self.policy.flow.delivered(&s.lag, n);
+                () = acked => {
+                    if mail_waits {
+                        mail_waits = self.deliver_mail(s, cw, &mut mail).await?;
                     }
                 }
-                Some(out) = inject.recv() => {
+                () = s.target.ready() => {
+                    mail_waits = self.deliver_mail(s, cw, &mut mail).await?;
+                }
+                out = outbox.next() => {
                     let pkt = match out {
                         Out::Packet(pkt) => pkt,
                         Out::Subscribed(pkid) => {
@@ -1719,6 +1757,32 @@ impl Front {
                 }
             }
         }
+    }
+
+    /// Write what the client's mailbox holds (QoS 1 deliveries as far as the window
+    /// lets them); whether QoS 1 deliveries are left waiting for it.
+    async fn deliver_mail<W: AsyncWrite + Unpin>(
+        &self,
+        s: &Session,
+        cw: &mut W,
+        mail: &mut Vec<u8>,
+    ) -> Result<bool, SessionError> {
+        let (n, waits) = s.target.take(mail, || {
+            if !s.window.take() {
+                return None;
+            }
+            let id = s.injected.lock().ok().and_then(|mut ids| ids.take());
+            if id.is_none() {
+                s.window.release();
+            }
+            id
+        });
+        if n > 0 {
+            cw.write_all(mail).await?;
+            cw.flush().await?;
+            self.policy.flow.delivered(&s.lag, n);
+        }
+        Ok(waits)
     }
 
     fn down_packet(

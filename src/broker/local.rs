@@ -8,7 +8,9 @@
 //! front's task on the other side), and 2–3× mosquitto's CPU per message. Now a message
 //! goes client socket → front task → router thread → front task → client socket
 //! (≈ 1.7–2× mosquitto's CPU per message: the router's own thread is still a hop, see
-//! benches/README.md, session 4).
+//! benches/README.md, session 4). So most subscriptions skip the router altogether
+//! ([`super::direct`]); these links carry a persistent session's QoS 1 subscriptions,
+//! QoS 2, `$share` groups and the daemon's own subscriptions.
 //!
 //! rumqttd 0.20's `LinkTx::send` pushes a packet into the link's buffer and queues one
 //! event per packet on the router's bounded channel (1000), blocking when it is full.
