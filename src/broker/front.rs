@@ -377,15 +377,13 @@ impl Outbox {
         Ok(())
     }
 
-    /// The next packet (pending while there is none: nothing but the other direction
-    /// fills it, and the select polls this one after it).
-    fn next(&self) -> impl std::future::Future<Output = Out> + '_ {
-        std::future::poll_fn(
-            |_| match self.0.lock().ok().and_then(|mut q| q.pop_front()) {
-                Some(out) => std::task::Poll::Ready(out),
-                None => std::task::Poll::Pending,
-            },
-        )
+    /// Everything queued (pending while there is nothing: nothing but the other
+    /// direction fills it, and the select polls this one after it).
+    fn next(&self) -> impl std::future::Future<Output = std::collections::VecDeque<Out>> + '_ {
+        std::future::poll_fn(|_| match self.0.lock() {
+            Ok(mut q) if !q.is_empty() => std::task::Poll::Ready(std::mem::take(&mut *q)),
+            _ => std::task::Poll::Pending,
+        })
     }
 }
 
@@ -1742,17 +1740,23 @@ impl Front {
                 () = s.target.ready() => {
                     mail_waits = self.deliver_mail(s, cw, &mut mail).await?;
                 }
-                out = outbox.next() => {
-                    let pkt = match out {
-                        Out::Packet(pkt) => pkt,
-                        Out::Subscribed(pkid) => {
-                            match self.subscribed(s, st, pkid, &[], None, None) {
-                                Verdict::Replace(pkt) => pkt,
-                                _ => continue,
+                queued = outbox.next() => {
+                    // Everything queued in one write (a batch of PUBLISHes read from
+                    // the client gets its PUBACKs together).
+                    let mut pkts = Vec::new();
+                    for out in queued {
+                        match out {
+                            Out::Packet(mut pkt) => pkts.append(&mut pkt),
+                            Out::Subscribed(pkid) => {
+                                if let Verdict::Replace(mut pkt) =
+                                    self.subscribed(s, st, pkid, &[], None, None)
+                                {
+                                    pkts.append(&mut pkt);
+                                }
                             }
                         }
-                    };
-                    cw.write_all(&pkt).await?;
+                    }
+                    cw.write_all(&pkts).await?;
                     cw.flush().await?;
                 }
             }
