@@ -45,7 +45,7 @@ const ROUTES_KEPT: usize = 4096;
 /// A taken mailbox buffer larger than this is not kept for the next one.
 const SPARE_KEPT: usize = 64 * 1024;
 
-/// The front's QoS 0 subscriptions, and the filters the router has.
+/// The front's subscriptions, and the filters the router has.
 pub struct Table {
     targets: RwLock<Vec<Arc<Target>>>,
     /// Topic filters subscribed on the router (`$share/<group>/` taken off), with the
@@ -59,7 +59,7 @@ pub struct Table {
     dropped: AtomicU64,
 }
 
-/// One session as a receiver of QoS 0 subscriptions.
+/// One session as a receiver on the front's route.
 #[derive(Default)]
 pub struct Target {
     level: u8,

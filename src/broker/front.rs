@@ -109,7 +109,7 @@ pub struct Policy {
     pub flow: Arc<Flow>,
     /// rumqttd's router, which every client is connected to in process.
     pub router: Router,
-    /// QoS 0 subscriptions, routed by the front (shared with the daemon's own publisher).
+    /// The subscriptions the front routes itself (shared with the daemon's own publisher).
     pub direct: Arc<direct::Table>,
 }
 
@@ -152,7 +152,7 @@ struct Kept {
     queue: OfflineQueue,
     /// Its place in the flow control (the offline session keeps receiving).
     joined: Joined,
-    /// Its QoS 0 subscriptions (its mailbox is closed while it is offline).
+    /// Its subscriptions on the front's route (its mailbox is closed while it is offline).
     target: Arc<Target>,
 }
 
@@ -243,7 +243,7 @@ struct Session {
     window: Window,
     /// This client as a subscriber, for flow control.
     lag: Arc<Lag>,
-    /// Its QoS 0 subscriptions and their mailbox.
+    /// Its subscriptions on the front's route, and their mailbox.
     target: Arc<Target>,
 }
 
@@ -299,7 +299,7 @@ impl Window {
 /// to the router).
 struct PendingSub {
     /// Per original filter: the code when the front decided (refused it, or granted it
-    /// as its own QoS 0 subscription); None = forwarded, the code comes from rumqttd.
+    /// as a subscription on its own route); None = forwarded, the code comes from rumqttd.
     codes: Vec<Option<u8>>,
     filters: Vec<Planned>,
     subscription_id: Option<u32>,
@@ -311,7 +311,7 @@ struct Planned {
     options: u8,
     /// The client was subscribed to it already (MQTT 5 retain handling 1).
     existed: bool,
-    /// A QoS 0 subscription of the front's ([`direct`]).
+    /// A subscription on the front's route ([`direct`]).
     direct: bool,
 }
 
@@ -825,8 +825,8 @@ impl Front {
         let _ = k.link.bw.shutdown().await;
     }
 
-    /// A session is over: its QoS 0 subscriptions go, and the router's count of its
-    /// other filters.
+    /// A session is over: its subscriptions on the front's route go, and so does the
+    /// router's count of its other filters.
     fn forget(&self, target: &Arc<Target>, up: &UpState) {
         let table = &self.policy.direct;
         table.leave(target);
@@ -1594,7 +1594,7 @@ impl Front {
 
     /// The SUBACK for the pending SUBSCRIBE `pkid` (`codes` from the router, in the
     /// order of the filters it got; `pkt`: its SUBACK), followed by the retained messages
-    /// of the new subscriptions. The front's QoS 0 subscriptions start here, so that
+    /// of the new subscriptions. The front's own subscriptions start here, so that
     /// their first deliveries come after the SUBACK and the retained messages.
     fn subscribed(
         &self,
@@ -1670,7 +1670,7 @@ impl Front {
     where
         W: AsyncWrite + Unpin,
     {
-        // What the mailbox of the client's QoS 0 subscriptions held.
+        // What the mailbox of the client's subscriptions on the front's route held.
         let mut mail = Vec::new();
         // QoS 1 deliveries of the front's wait in the mailbox for the client's window.
         let mut mail_waits = false;
@@ -1876,9 +1876,9 @@ struct UpState {
     /// Flow control: who gets which topic, and the topic of the PUBLISH at hand.
     routes: Routes,
     topic: String,
-    /// Of `subscriptions`, the QoS 0 ones the front routes (the others are the router's).
+    /// Of `subscriptions`, the ones the front routes (the others are the router's).
     direct: HashSet<String>,
-    /// Who gets which topic of the front's QoS 0 subscriptions.
+    /// Who gets which topic on the front's route.
     direct_routes: direct::Routes,
 }
 
