@@ -764,7 +764,10 @@ impl Front {
                     will,
                     ..self.keep(&session, link, up_st, down_st, joined).await
                 };
-                let _ = reply.send(kept);
+                if let Err(kept) = reply.send(kept) {
+                    // The new connection gave up waiting for it: it ends here.
+                    self.finish(kept).await;
+                }
                 return Ok(());
             }
             Ok(UpEnd::Disconnect { with_will }) => (!with_will, Ok(())),
@@ -1016,8 +1019,14 @@ impl Front {
                     }
                 }
                 reply = &mut claim => {
-                    if let Ok(reply) = reply {
-                        let _ = reply.send(kept);
+                    let unclaimed = match reply {
+                        Ok(reply) => reply.send(kept).err(),
+                        Err(_) => Some(kept),
+                    };
+                    if let Some(kept) = unclaimed {
+                        // Nobody took it after all: it ends here (the front's table and
+                        // the router forget it too).
+                        self.finish(kept).await;
                     }
                     return;
                 }
