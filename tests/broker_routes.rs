@@ -531,3 +531,35 @@ fn qos_1_on_the_fronts_route_waits_for_the_window_and_loses_nothing() {
     publisher.publish("w/2", 0, None, "after");
     assert_eq!(payloads(&sub.deliveries_until("after")), ["after"]);
 }
+
+#[test]
+fn an_unsubscribe_right_behind_its_subscribe_leaves_nothing_subscribed() {
+    let s = Setup::new("");
+    let _d = s.start();
+    let (mut publisher, _) = Raw::connect(s.addr(), 4, "z-pub", false);
+    for persistent in [false, true] {
+        let (mut sub, _) = Raw::connect(s.addr(), 4, &format!("z-{persistent}"), persistent);
+        assert_eq!(sub.subscribe(&[("z/end", 0)], None), [0]);
+        // SUBSCRIBE z/0 (QoS 0), z/1 (QoS 1) and UNSUBSCRIBE both, in one write: the
+        // UNSUBSCRIBE is read before any SUBACK is out.
+        let mut body = 7u16.to_be_bytes().to_vec();
+        for (f, q) in [("z/0", 0u8), ("z/1", 1)] {
+            string(&mut body, f);
+            body.push(q);
+        }
+        let mut both = packet(0x82, &body);
+        let mut body = 8u16.to_be_bytes().to_vec();
+        string(&mut body, "z/0");
+        string(&mut body, "z/1");
+        both.extend(packet(0xa2, &body));
+        sub.send(&both);
+        assert_eq!(sub.expect(9).body, [0, 7, 0, 1]);
+        assert_eq!(sub.expect(11).body, [0, 8]);
+        publisher.publish("z/0", 1, None, "zero");
+        publisher.publish("z/1", 1, None, "one");
+        publisher.publish("z/end", 0, None, "end");
+        let got = sub.deliveries_until("end");
+        assert_eq!(payloads(&got), ["end"], "persistent: {persistent}");
+        sub.disconnect();
+    }
+}

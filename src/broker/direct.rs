@@ -90,6 +90,8 @@ struct Mail {
     qos1_bytes: usize,
     /// A client is connected to take it (an offline session's mailbox is closed).
     open: bool,
+    /// Packet ids of SUBSCRIBEs whose SUBACK is not out yet: nothing is taken meanwhile.
+    held: Vec<u16>,
 }
 
 /// A publisher's memory of where a topic goes.
@@ -412,6 +414,31 @@ impl Target {
         true
     }
 
+    /// Take nothing until [`Target::release`] of `pkid` (a SUBSCRIBE's packet id).
+    pub fn hold(&self, pkid: u16) {
+        if let Ok(mut mail) = self.mail.lock() {
+            if !mail.held.contains(&pkid) {
+                mail.held.push(pkid);
+            }
+        }
+    }
+
+    /// The SUBACK for `pkid` is out: what came meanwhile may go (once no other
+    /// SUBSCRIBE holds the mailbox).
+    pub fn release(&self, pkid: u16) {
+        let Ok(mut mail) = self.mail.lock() else {
+            return;
+        };
+        let before = mail.held.len();
+        mail.held.retain(|&id| id != pkid);
+        let waiting = !mail.bytes.is_empty() || !mail.qos1.is_empty();
+        let freed = mail.held.is_empty() && before > 0;
+        drop(mail);
+        if freed && waiting {
+            self.ready.notify_one();
+        }
+    }
+
     /// A client is connected again: deliveries resume.
     pub fn open(&self) {
         if let Ok(mut mail) = self.mail.lock() {
@@ -427,6 +454,7 @@ impl Target {
             mail.count = 0;
             mail.qos1 = VecDeque::new();
             mail.qos1_bytes = 0;
+            mail.held.clear();
         }
     }
 
@@ -447,6 +475,9 @@ impl Target {
         let Ok(mut mail) = self.mail.lock() else {
             return (0, false);
         };
+        if !mail.held.is_empty() {
+            return (0, false);
+        }
         std::mem::swap(&mut mail.bytes, into);
         let mut n = std::mem::take(&mut mail.count);
         while !mail.qos1.is_empty() {
@@ -648,5 +679,27 @@ mod tests {
         let mut z = Vec::new();
         assert_eq!(zero.take(&mut z, || None), (4, false));
         assert!(publishes(4, &z).iter().all(|m| m.3 == 0));
+    }
+
+    #[test]
+    fn a_held_mailbox_gives_nothing_until_every_subscribe_is_answered() {
+        let flow = Arc::new(Flow::new(1 << 20));
+        let table = Table::new(None, flow.clone());
+        let t = table.join(4, "h", None, flow.join());
+        t.hold(1);
+        t.hold(2);
+        table.subscribe(&t, "h/#", 0, None);
+        let mut routes = Routes::default();
+        table.publish(&mut routes, None, &msg("h/1", b"x"));
+        let mut got = Vec::new();
+        assert_eq!(t.take(&mut got, || None), (0, false));
+        t.release(1);
+        assert_eq!(t.take(&mut got, || None), (0, false));
+        t.release(2);
+        assert_eq!(t.take(&mut got, || None), (1, false));
+        // An unknown packet id releases nothing it did not hold.
+        t.release(9);
+        table.publish(&mut routes, None, &msg("h/1", b"y"));
+        assert_eq!(t.take(&mut got, || None), (1, false));
     }
 }

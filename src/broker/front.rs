@@ -1441,6 +1441,15 @@ impl Front {
                     None => None,
                 };
                 let all = allowed.len() == sub.filters.len();
+                // The front's own subscriptions start now (an UNSUBSCRIBE right behind
+                // finds them), but what they get waits until the SUBACK and the
+                // retained messages are out.
+                if filters.iter().any(|f| f.direct) {
+                    s.target.hold(sub.pkid);
+                    for f in filters.iter().filter(|f| f.direct) {
+                        table.subscribe(&s.target, &f.filter, f.options, subscription_id);
+                    }
+                }
                 if let Ok(mut pending) = s.pending.lock() {
                     pending.insert(
                         sub.pkid,
@@ -1603,8 +1612,8 @@ impl Front {
 
     /// The SUBACK for the pending SUBSCRIBE `pkid` (`codes` from the router, in the
     /// order of the filters it got; `pkt`: its SUBACK), followed by the retained messages
-    /// of the new subscriptions. The front's own subscriptions start here, so that
-    /// their first deliveries come after the SUBACK and the retained messages.
+    /// of the new subscriptions. The mailbox of the front's own subscriptions, held since
+    /// the SUBSCRIBE, is let go: their first deliveries come after these.
     fn subscribed(
         &self,
         s: &Session,
@@ -1633,12 +1642,6 @@ impl Front {
             if code < SUB_FAILED {
                 // Counted from now on.
                 self.policy.flow.set_filter(&s.lag, &sub.filter, true);
-                if sub.direct {
-                    let id = planned.subscription_id;
-                    self.policy
-                        .direct
-                        .subscribe(&s.target, &sub.filter, sub.options, id);
-                }
                 self.retained_for(
                     s,
                     st,
@@ -1651,6 +1654,8 @@ impl Front {
                 );
             }
         }
+        // Written before anything the mailbox got meanwhile (the caller writes it first).
+        s.target.release(pkid);
         let mut suback = match pkt {
             Some(pkt) if !spliced => {
                 if out.is_empty() {
