@@ -472,32 +472,36 @@ pub fn parse_subscribe<'a>(
 
 /// Build a SUBSCRIBE with `filters` (and the original's packet id and properties).
 pub fn subscribe(pkid: u16, properties: Option<&[u8]>, filters: &[(&str, u8)]) -> Vec<u8> {
-    let mut body = pkid.to_be_bytes().to_vec();
-    if let Some(p) = properties {
-        put_varint(&mut body, p.len());
-        body.extend_from_slice(p);
-    }
-    for (filter, options) in filters {
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-        body.extend_from_slice(filter.as_bytes());
-        body.push(*options);
-    }
-    packet(0x82, &body)
+    filters_packet(0x82, pkid, properties, filters, true)
 }
 
 /// Build an UNSUBSCRIBE of `filters` (the options bytes are ignored) with the
 /// original's packet id and properties.
 pub fn unsubscribe(pkid: u16, properties: Option<&[u8]>, filters: &[(&str, u8)]) -> Vec<u8> {
+    filters_packet(0xa2, pkid, properties, filters, false)
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE (`options`: each filter followed by its options byte).
+fn filters_packet(
+    first: u8,
+    pkid: u16,
+    properties: Option<&[u8]>,
+    filters: &[(&str, u8)],
+    options: bool,
+) -> Vec<u8> {
     let mut body = pkid.to_be_bytes().to_vec();
     if let Some(p) = properties {
         put_varint(&mut body, p.len());
         body.extend_from_slice(p);
     }
-    for (filter, _) in filters {
+    for (filter, o) in filters {
         body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
         body.extend_from_slice(filter.as_bytes());
+        if options {
+            body.push(*o);
+        }
     }
-    packet(0xa2, &body)
+    packet(first, &body)
 }
 
 /// A SUBACK: packet id, v5 properties, one return / reason code per filter.
